@@ -1,0 +1,1 @@
+"""One file per algorithm; each exposes a Config dataclass and train(cfg)."""

@@ -1,0 +1,307 @@
+"""The one place that builds environments.
+
+The wrapper stack, read bottom (emulator) to top (agent):
+
+    gym_super_mario_bros.make("SuperMarioBros-W-S-v0")   raw NES, one frame per step, byte actions
+    FrameRecorder       (optional) copies every emulator frame for a video
+    StickyButtons       (optional) frame-level sticky actions, as in ../shared/PROTOCOL.md
+    NoopStart           (optional) 0..N random no-op frames at reset
+    --- everything above here is the "base env"; everything below is the policy's own preprocessing ---
+    ActionSet           a discrete action set -> controller byte
+    SkipFrame           repeat the action for 4 frames, summing reward (the tutorial's SkipFrame)
+    GrayResize          grayscale + resize to 84x84, uint8
+    FrameStackObservation   the last 4 frames, shape (4, 84, 84), uint8
+
+`wrap_preprocessing` applies the second half to *any* base env, which is how
+`Policy.wrap` lets an outside evaluator put its own perturbations underneath.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import FrameStackObservation
+from PIL import Image
+
+from mario_rl.errors import UserError
+
+WORLDS = range(1, 9)
+STAGES_PER_WORLD = range(1, 5)
+STAGES: tuple[str, ...] = tuple(f"{w}-{s}" for w in WORLDS for s in STAGES_PER_WORLD)
+"""All 32 stages of Super Mario Bros, "1-1" ... "8-4"."""
+GAME = "game"
+"""The whole game from 1-1 with three lives, as one environment."""
+
+ACTION_SETS: dict[str, list[list[str]]] = {
+    # The PyTorch tutorial's two actions: walk right, jump right.
+    "right": [["right"], ["right", "A"]],
+    "right_only": [["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"]],
+    "simple": [
+        ["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
+    ],
+    "complex": [
+        ["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
+        ["left", "A"], ["left", "B"], ["left", "A", "B"], ["down"], ["up"],
+    ],
+}
+
+_STAGE_RE = re.compile(r"^([1-8])-([1-4])$")
+
+
+def env_id(stage: str) -> str:
+    """The gym-super-mario-bros id for a stage name ("1-1") or "game"; a clear error otherwise."""
+    if stage == GAME:
+        return "SuperMarioBros-v0"
+    if not isinstance(stage, str) or not _STAGE_RE.match(stage):
+        raise UserError(
+            f"unknown stage {stage!r}: expected W-S with W in 1..8 and S in 1..4 (e.g. 1-1), or 'game'"
+        )
+    return f"SuperMarioBros-{stage}-v0"
+
+
+def check_action_set(actions: str) -> list[list[str]]:
+    if actions not in ACTION_SETS:
+        raise UserError(f"unknown action set {actions!r}: choose one of {', '.join(ACTION_SETS)}")
+    return ACTION_SETS[actions]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a policy sees and does; stored in every policy file so `Policy.wrap` can rebuild it."""
+
+    actions: str = "right"
+    """action set name: right (the tutorial's two), right_only, simple or complex"""
+    frame_skip: int = 4
+    """emulator frames per agent step; the rewards of the skipped frames are summed"""
+    frame_size: int = 84
+    """observations are grayscale frames resized to frame_size x frame_size"""
+    frame_stack: int = 4
+    """how many of the latest frames one observation holds"""
+
+    def __post_init__(self):
+        check_action_set(self.actions)
+        for name in ("frame_skip", "frame_size", "frame_stack"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- frame-level wrappers (beneath the frame skip; actions are controller bytes) ---
+
+
+class StickyButtons(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """On every emulator frame, with probability p send the previous frame's buttons instead.
+
+    Machado et al. (2018) sticky actions at the frame level, as the protocol asks: under a
+    4-frame skip, an agent's new action may arrive one or two frames late.
+    """
+
+    def __init__(self, env: gym.Env, p: float):
+        if not 0.0 <= p < 1.0:
+            raise UserError(f"sticky probability must be in [0, 1), got {p}")
+        gym.utils.RecordConstructorArgs.__init__(self, p=p)
+        super().__init__(env)
+        self.p = float(p)
+        self._rng = np.random.default_rng()
+        self._last = 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            # A stream of its own, so that sticking and no-op counts are independent.
+            self._rng = np.random.default_rng([seed, 1])
+        self._last = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.p > 0.0 and self._rng.random() < self.p:
+            action = self._last
+        self._last = action
+        return self.env.step(action)
+
+
+class NoopStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """At reset, play a uniformly random number of no-op frames in [0, noop_max]."""
+
+    def __init__(self, env: gym.Env, noop_max: int):
+        if noop_max < 0:
+            raise UserError(f"noop_max must be >= 0, got {noop_max}")
+        gym.utils.RecordConstructorArgs.__init__(self, noop_max=noop_max)
+        super().__init__(env)
+        self.noop_max = int(noop_max)
+        self._rng = np.random.default_rng()
+        self.last_noops = 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng([seed, 2])
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.last_noops = int(self._rng.integers(0, self.noop_max + 1)) if self.noop_max else 0
+        for _ in range(self.last_noops):
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:  # cannot happen in 30 frames of 1-1, but never step a done env
+                obs, info = self.env.reset()
+        return obs, info
+
+
+class FrameRecorder(gym.Wrapper):
+    """Hands a *copy* of every emulator frame to `sink`.
+
+    The copy matters: nes-py returns a view of its live screen buffer, so keeping
+    the array itself makes a video of one repeated (last) frame.
+    """
+
+    def __init__(self, env: gym.Env, sink: Callable[[np.ndarray], None]):
+        super().__init__(env)
+        self.sink = sink
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.sink(np.array(obs, copy=True))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.sink(np.array(obs, copy=True))
+        return obs, reward, terminated, truncated, info
+
+
+# --- agent-level wrappers (the policy's preprocessing) ---
+
+# NES controller bits, as nes-py lays them out.
+BUTTONS = {"right": 0x80, "left": 0x40, "down": 0x20, "up": 0x10, "start": 0x08, "select": 0x04,
+           "B": 0x02, "A": 0x01, "NOOP": 0x00}
+
+
+def action_bytes(actions: str) -> list[int]:
+    """The controller byte of each action of an action set."""
+    return [sum(BUTTONS[b] for b in combo) for combo in check_action_set(actions)]
+
+
+class ActionSet(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
+    """A named discrete action set -> NES controller byte.
+
+    nes-py's JoypadSpace does the same, but it cannot be rebuilt from an env spec
+    (Gymnasium's check_env needs that), so this is a ten-line twin.
+    """
+
+    def __init__(self, env: gym.Env, actions: str):
+        gym.utils.RecordConstructorArgs.__init__(self, actions=actions)
+        super().__init__(env)
+        self.actions = actions
+        self.bytes = action_bytes(actions)
+        self.action_space = gym.spaces.Discrete(len(self.bytes))
+
+    def action(self, action):
+        return self.bytes[int(action)]
+
+    def get_action_meanings(self) -> list[str]:
+        return [" ".join(c) for c in ACTION_SETS[self.actions]]
+
+
+
+class SkipFrame(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Repeat an action for `skip` frames and sum the rewards (the tutorial's SkipFrame, no max-pooling)."""
+
+    def __init__(self, env: gym.Env, skip: int):
+        if skip < 1:
+            raise UserError(f"frame skip must be positive, got {skip}")
+        gym.utils.RecordConstructorArgs.__init__(self, skip=skip)
+        super().__init__(env)
+        self.skip = int(skip)
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += reward
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class GrayResize(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """RGB screen -> grayscale -> bilinear resize to size x size, uint8 throughout.
+
+    Grayscale comes from nes-py's native luma copy when the observation is the
+    emulator's own screen buffer (no RGB copy); any other RGB frame (an outside
+    evaluator's wrapper may hand us its own array) goes through Pillow. Pillow also
+    does the resize: an antialiased bilinear filter like the tutorial's torchvision
+    Resize, without a float tensor round trip.
+    """
+
+    def __init__(self, env: gym.Env, size: int):
+        gym.utils.RecordConstructorArgs.__init__(self, size=size)
+        super().__init__(env)
+        self.size = int(size)
+        self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size), np.uint8)
+        base = env.unwrapped
+        self._screen = getattr(base, "screen", None)
+        self._native_gray = self._screen is not None and hasattr(base, "observation")
+        self._gray = np.empty(self._screen.shape[:2], np.uint8) if self._native_gray else None
+
+    def observation(self, obs):
+        if self._native_gray and obs is self._screen:
+            gray = Image.fromarray(self.env.unwrapped.observation("grayscale", output=self._gray))
+        else:
+            gray = Image.fromarray(np.ascontiguousarray(obs)).convert("L")
+        return np.asarray(gray.resize((self.size, self.size), Image.BILINEAR))
+
+
+def wrap_preprocessing(env: gym.Env, pre: Preprocessing) -> gym.Env:
+    """Apply a policy's preprocessing to a base env whose actions are controller bytes."""
+    env = ActionSet(env, pre.actions)
+    env = SkipFrame(env, pre.frame_skip)
+    env = GrayResize(env, pre.frame_size)
+    return FrameStackObservation(env, pre.frame_stack)
+
+
+def make_base_env(
+    stage: str = "1-1",
+    *,
+    sticky: float = 0.0,
+    noop_max: int = 0,
+    render_mode: str | None = None,
+    frame_sink: Callable[[np.ndarray], None] | None = None,
+) -> gym.Env:
+    """The raw game with the protocol's perturbations: byte actions, one emulator frame per step."""
+    import gym_super_mario_bros  # registers the ids; imported late because it loads ROM code
+
+    env = gym_super_mario_bros.make(env_id(stage), render_mode=render_mode)
+    if frame_sink is not None:
+        env = FrameRecorder(env, frame_sink)
+    if sticky:
+        env = StickyButtons(env, sticky)
+    if noop_max:
+        env = NoopStart(env, noop_max)
+    return env
+
+
+def make_env(
+    stage: str = "1-1",
+    actions: str = "right",
+    *,
+    frame_skip: int = 4,
+    frame_size: int = 84,
+    frame_stack: int = 4,
+    sticky: float = 0.0,
+    noop_max: int = 0,
+    render_mode: str | None = None,
+    frame_sink: Callable[[np.ndarray], None] | None = None,
+) -> gym.Env:
+    """A Gymnasium env for one stage ("1-1" ... "8-4") or the whole game ("game").
+
+    Observations are uint8 arrays of shape (frame_stack, frame_size, frame_size);
+    actions index `ACTION_SETS[actions]`. `sticky` and `noop_max` are the
+    evaluation protocol's perturbations, applied at the frame level underneath.
+    """
+    pre = Preprocessing(actions, frame_skip, frame_size, frame_stack)
+    base = make_base_env(
+        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink
+    )
+    return wrap_preprocessing(base, pre)

@@ -1,0 +1,85 @@
+"""Episodes, played out: the loop shared by `play`, `eval` and training videos."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from mario_rl.envs import make_base_env
+from mario_rl.errors import UserError
+
+PROTOCOL = {"episodes": 20, "sticky": 0.25, "noop_max": 30}
+"""../shared/PROTOCOL.md v1: 20 episodes, frame-level sticky actions 0.25, 0..30 no-op frames."""
+CLEAR_RATE = 0.9
+
+
+def run_episode(env: gym.Env, act: Callable[[np.ndarray], int], seed: int | None = None,
+                max_steps: int | None = None) -> dict:
+    """Play one episode; return what happened (cleared, x reached, score, agent steps, return)."""
+    obs, info = env.reset(seed=seed)
+    total, steps, x_max = 0.0, 0, int(info.get("x_pos", 0))
+    flag = False
+    while True:
+        obs, reward, terminated, truncated, info = env.step(act(obs))
+        total += float(reward)
+        steps += 1
+        x_max = max(x_max, int(info.get("x_pos", 0)))
+        flag = flag or bool(info.get("flag_get", False))
+        if terminated or truncated or flag or (max_steps is not None and steps >= max_steps):
+            break
+    return {"seed": seed, "cleared": flag, "x": x_max, "score": int(info.get("score", 0)),
+            "steps": steps, "return": round(total, 3)}
+
+
+def random_actor(n_actions: int, seed: int = 0) -> Callable[[np.ndarray], int]:
+    rng = np.random.default_rng(seed)
+    return lambda obs: int(rng.integers(n_actions))
+
+
+def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: float = PROTOCOL["sticky"],
+             noop_max: int = PROTOCOL["noop_max"], seed: int = 0, video: Path | None = None,
+             on_episode: Callable[[dict], None] | None = None) -> dict:
+    """Evaluate a policy under the protocol; episode i uses seed `seed + i`."""
+    if episodes < 1:
+        raise UserError(f"episodes must be positive, got {episodes}")
+    recorder = None
+    if video is not None:
+        from mario_rl.video import VideoRecorder
+
+        recorder = VideoRecorder(video)
+    base = make_base_env(stage, sticky=sticky, noop_max=noop_max, frame_sink=recorder)
+    env = policy.wrap(base)
+    results = []
+    try:
+        for i in range(episodes):
+            results.append(run_episode(env, policy.act, seed=seed + i))
+            if on_episode:
+                on_episode(results[-1])
+    finally:
+        env.close()
+        if recorder is not None:
+            recorder.close()
+    return summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, policy=policy.meta)
+
+
+def summarize(results: list[dict], **context) -> dict:
+    xs = [r["x"] for r in results]
+    clears = sum(r["cleared"] for r in results)
+    return {
+        **{k: v for k, v in context.items() if k != "policy"},
+        "policy": {k: context["policy"].get(k) for k in ("algorithm", "stage", "steps")}
+        if context.get("policy") else None,
+        "episodes": len(results),
+        "clears": clears,
+        "clear_rate": clears / len(results),
+        "cleared_stage": clears / len(results) >= CLEAR_RATE,
+        "mean_x": statistics.fmean(xs),
+        "median_x": statistics.median(xs),
+        "mean_steps": statistics.fmean(r["steps"] for r in results),
+        "seeds": [r["seed"] for r in results],
+        "results": results,
+    }

@@ -1,0 +1,115 @@
+"""Policy files: weights in safetensors, and in its header everything needed to use them.
+
+    policy = mario_rl.load_policy("1-1")            # the bundled policy for a stage
+    policy = mario_rl.load_policy("runs/x/policy.safetensors")
+    env = policy.wrap(gym_super_mario_bros.make("SuperMarioBros-1-1-v0"))
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(policy.act(obs))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from mario_rl import __version__
+from mario_rl.envs import STAGES, Preprocessing, wrap_preprocessing
+from mario_rl.errors import UserError
+from mario_rl.nets import build_network
+from mario_rl.storage import load_tensors, save_tensors
+
+FORMAT = "mario_rl.policy/1"
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+"""Bundled policies, one file per stage: models/<stage>.safetensors (e.g. models/1-1.safetensors)."""
+
+
+def bundled_policy_path(stage: str) -> Path | None:
+    """The bundled policy file for a stage, or None when the project ships none yet."""
+    for folder in (Path(__file__).resolve().parent / "models", REPO_MODELS):
+        path = folder / f"{stage}.safetensors"
+        if path.is_file():
+            return path
+    return None
+
+
+class Policy:
+    """A trained network plus the preprocessing and action set it was trained with."""
+
+    def __init__(self, net: nn.Module, meta: dict):
+        self.net = net.eval()
+        self.meta = meta
+        self.preprocessing = Preprocessing(**meta["preprocessing"])
+
+    @property
+    def actions(self) -> str:
+        return self.preprocessing.actions
+
+    def check_actions(self, actions: str | None) -> None:
+        """Refuse an action set other than the one the policy was trained for."""
+        if actions is not None and actions != self.actions:
+            raise UserError(
+                f"this policy was trained with the {self.actions!r} action set, not {actions!r}"
+            )
+
+    def wrap(self, base_env: gym.Env) -> gym.Env:
+        """Apply exactly this policy's preprocessing to a raw env (byte actions, RGB frames).
+
+        Perturbations such as sticky actions belong underneath, in `base_env`.
+        """
+        space = base_env.action_space
+        if not (isinstance(space, gym.spaces.Discrete) and space.n == 256):
+            raise UserError(
+                "policy.wrap needs a raw env with NES controller-byte actions (Discrete(256)), "
+                f"such as gym_super_mario_bros.make('SuperMarioBros-1-1-v0'); got action space {space}"
+            )
+        return wrap_preprocessing(base_env, self.preprocessing)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> int:
+        """The greedy action for one observation (frame_stack, size, size) uint8."""
+        x = torch.as_tensor(np.asarray(obs)).unsqueeze(0)
+        return int(self.net(x).argmax(dim=1).item())
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"Policy({m.get('algorithm')}, {m.get('network')}, stage={m.get('stage')}, "
+                f"actions={self.actions}, steps={m.get('steps')})")
+
+
+def save_policy(path: Path, net: nn.Module, *, algorithm: str, network: str, network_kwargs: dict,
+                preprocessing: Preprocessing, stage: str, steps: int, extra: dict | None = None) -> None:
+    meta = {
+        "format": FORMAT,
+        "algorithm": algorithm,
+        "network": network,
+        "network_kwargs": network_kwargs,
+        "preprocessing": preprocessing.to_dict(),
+        "stage": stage,
+        "steps": int(steps),
+        "mario_rl_version": __version__,
+        **(extra or {}),
+    }
+    save_tensors(path, {k: v for k, v in net.state_dict().items()}, meta)
+
+
+def load_policy(path_or_stage: str | Path) -> Policy:
+    """Load a policy file, or the bundled policy for a stage name such as "1-1"."""
+    if isinstance(path_or_stage, str) and path_or_stage in STAGES:
+        path = bundled_policy_path(path_or_stage)
+        if path is None:
+            raise UserError(f"no bundled policy for stage {path_or_stage} yet")
+    else:
+        path = Path(path_or_stage)
+    tensors, meta = load_tensors(path, "policy file")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a mario_rl policy file (format {meta.get('format')!r})")
+    try:
+        net = build_network(meta["network"], **meta["network_kwargs"])
+        net.load_state_dict(tensors)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: weights do not fit the network it names ({str(e).splitlines()[0]})") from None
+    return Policy(net, meta)

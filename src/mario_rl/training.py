@@ -1,0 +1,293 @@
+"""What every training run shares, whatever the algorithm: its folder, config, metrics
+(CSV + TensorBoard), live progress, learning-curve plots, checkpoints and videos.
+
+An algorithm file (agents/ddqn.py, ...) holds only the algorithm and calls into a `Run`.
+
+A run folder:
+    config.json            the full config, written first
+    episodes.csv           one row per finished episode (step, return, length, x, flag, ...)
+    tb/                    TensorBoard events (charts/, losses/)
+    plots/*.png            learning curves, refreshed while training
+    checkpoint.safetensors everything to resume exactly (weights, optimizer, replay, RNGs, counters)
+    policy.safetensors     the latest policy, loadable with mario_rl.load_policy
+    videos/step_*.mp4      the greedy policy at each checkpoint
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import tyro
+
+from mario_rl.envs import Preprocessing, env_id
+from mario_rl.errors import UserError
+from mario_rl.storage import atomic_write, load_tensors, save_tensors
+
+
+@dataclass
+class TrainConfig:
+    """Options every algorithm shares."""
+
+    stage: Annotated[str, tyro.conf.Positional] = "1-1"
+    """stage to train on: 1-1 ... 8-4, or game"""
+    steps: int = 1_000_000
+    """total agent steps to train for (on --resume: the new total)"""
+    run_dir: Path | None = None
+    """folder for this run's files (default: runs/<stage>__<algo>__<seed>__<time>)"""
+    resume: bool = False
+    """continue the run in --run-dir from its last checkpoint"""
+    seed: int = 1
+    """seed for the networks, exploration, replay sampling and the first episode"""
+    actions: str = "right"
+    """action set: right (the tutorial's two), right_only, simple or complex"""
+    sticky: float = 0.0
+    """train under frame-level sticky actions with this probability"""
+    noop_max: int = 0
+    """train with 0..noop_max random no-op frames at each reset"""
+    checkpoint_every: int = 50_000
+    """agent steps between checkpoints (each also saves the policy and records a video)"""
+    video_steps: int = 600
+    """agent steps in each checkpoint video; 0 records none"""
+    plot_every: float = 60.0
+    """seconds between learning-curve refreshes"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+
+    algo: tyro.conf.Suppress[str] = "ddqn"
+
+    def validate(self) -> None:
+        env_id(self.stage)
+        Preprocessing(self.actions)
+        for name in ("steps", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.video_steps < 0:
+            raise UserError(f"--video-steps must be >= 0, got {self.video_steps}")
+        if not 0.0 <= self.sticky < 1.0:
+            raise UserError(f"--sticky must be in [0, 1), got {self.sticky}")
+        if self.noop_max < 0:
+            raise UserError(f"--noop-max must be >= 0, got {self.noop_max}")
+        if self.resume and self.run_dir is None:
+            raise UserError("--resume needs --run-dir (the run to continue)")
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+EPISODE_FIELDS = ["step", "episode", "return", "length", "x", "flag", "epsilon", "loss", "q", "time"]
+
+
+class Run:
+    """One training run's folder and the logging that hangs off the training loop."""
+
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        if cfg.run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            cfg.run_dir = Path("runs") / f"{cfg.stage}__{cfg.algo}__{cfg.seed}__{stamp}"
+        self.dir = Path(cfg.run_dir)
+        self.checkpoint_path = self.dir / "checkpoint.safetensors"
+        self.policy_path = self.dir / "policy.safetensors"
+        self.resumed_state: tuple[dict, dict] | None = None
+        if cfg.resume:
+            if not self.dir.is_dir():
+                raise UserError(f"nothing to resume: {self.dir} does not exist")
+            if self.checkpoint_path.exists():
+                tensors, state = load_tensors(self.checkpoint_path, "checkpoint")
+                saved = state["config"]
+                if saved.get("algo") != cfg.algo:
+                    raise UserError(f"{self.dir} is a {saved.get('algo')} run, not {cfg.algo}")
+                # The saved config wins, except the new step budget.
+                for key, value in saved.items():
+                    if key not in ("steps", "resume", "run_dir"):
+                        setattr(cfg, key, value)
+                self.resumed_state = (tensors, state)
+        else:
+            if self.checkpoint_path.exists():
+                raise UserError(f"{self.dir} already holds a run; pass --resume to continue it")
+        try:
+            (self.dir / "plots").mkdir(parents=True, exist_ok=True)
+            (self.dir / "videos").mkdir(exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run folder {self.dir}: {e.strerror or e}") from None
+        self.cfg = cfg
+        atomic_write(self.dir / "config.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2)))
+        start_step = self.resumed_state[1]["step"] if self.resumed_state else 0
+        self._episodes_csv = self.dir / "episodes.csv"
+        self._truncate_csv(self._episodes_csv, start_step)
+        new = not self._episodes_csv.exists()
+        self._csv_file = open(self._episodes_csv, "a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=EPISODE_FIELDS, extrasaction="ignore")
+        if new:
+            self._csv.writeheader()
+        from torch.utils.tensorboard import SummaryWriter  # heavy; only when training
+
+        self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=start_step or None)
+        self.recent = deque(maxlen=20)
+        self.best_x = self.resumed_state[1].get("best_x", 0) if self.resumed_state else 0
+        self._last_plot = time.monotonic()
+        self.progress = ProgressDisplay(cfg.steps, start_step)
+
+    @staticmethod
+    def _truncate_csv(path: Path, step: int) -> None:
+        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=EPISODE_FIELDS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(keep)
+
+        atomic_write(path, write)
+
+    # --- logging ---
+
+    def log_episode(self, step: int, **values) -> None:
+        values = {"step": step, "time": round(time.time(), 3), **values}
+        self._csv.writerow(values)
+        self._csv_file.flush()
+        self.best_x = max(self.best_x, int(values.get("x", 0)))
+        self.recent.append(values)
+        for key, tag in (("return", "episodic_return"), ("length", "episodic_length"),
+                         ("x", "x_reached"), ("flag", "flag")):
+            if key in values:
+                self.tb.add_scalar(f"charts/{tag}", values[key], step)
+
+    def log_scalars(self, step: int, group: str, **values) -> None:
+        for key, value in values.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.tb.add_scalar(f"{group}/{key}", value, step)
+
+    def tick(self, step: int, **status) -> None:
+        """Called every step or so: refreshes the progress display and, now and then, the plots."""
+        mean_return = np.mean([r["return"] for r in self.recent]) if self.recent else float("nan")
+        self.progress.update(step, episodes=status.pop("episodes", 0), mean_return=mean_return,
+                             best_x=self.best_x, **status)
+        if time.monotonic() - self._last_plot > self.cfg.plot_every:
+            self.plot()
+            self.tb.add_scalar("charts/SPS", self.progress.sps, step)
+
+    def plot(self) -> None:
+        from mario_rl.plots import plot_learning_curves
+
+        self._csv_file.flush()
+        plot_learning_curves(self._episodes_csv, self.dir / "plots")
+        self._last_plot = time.monotonic()
+
+    # --- checkpoints, policies, videos ---
+
+    def save_checkpoint(self, step: int, tensors: dict, state: dict) -> None:
+        state = {**state, "step": step, "best_x": self.best_x, "config": self.cfg.to_json()}
+        save_tensors(self.checkpoint_path, tensors, state)
+
+    def record_video(self, act, step: int) -> Path | None:
+        """A short video of the greedy policy on the training stage (no perturbations)."""
+        if self.cfg.video_steps <= 0:
+            return None
+        from mario_rl.envs import make_env
+        from mario_rl.evaluate import run_episode
+        from mario_rl.video import VideoRecorder
+
+        out = self.dir / "videos" / f"step_{step:09d}.mp4"
+        recorder = VideoRecorder(out)
+        env = make_env(self.cfg.stage, self.cfg.actions, frame_sink=recorder)
+        try:
+            result = run_episode(env, act, seed=self.cfg.seed, max_steps=self.cfg.video_steps)
+        finally:
+            env.close()
+            recorder.close()
+        self.log_scalars(step, "eval", video_x=result["x"], video_flag=int(result["cleared"]))
+        return out
+
+    def close(self) -> None:
+        self.plot()
+        self.progress.close()
+        self.tb.close()
+        self._csv_file.close()
+
+
+class ProgressDisplay:
+    """A live rich progress bar on a terminal; a plain line every 30 s in a log file."""
+
+    def __init__(self, total: int, start: int):
+        self.total, self.start = total, start
+        self.t0 = time.monotonic()
+        self.sps = 0.0
+        self._window = deque(maxlen=50)
+        self._last_print = 0.0
+        self.live = sys.stdout.isatty()
+        self._bar = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+            self._task = self._bar.add_task("train", total=total, completed=start, status="")
+            self._bar.start()
+
+    def update(self, step: int, **status) -> None:
+        now = time.monotonic()
+        self._window.append((now, step))
+        if len(self._window) > 1 and now > self._window[0][0]:
+            self.sps = (step - self._window[0][1]) / (now - self._window[0][0])
+        text = format_status(sps=self.sps, **status)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, status=text)
+        elif now - self._last_print > 30 or step >= self.total:
+            self._last_print = now
+            print(f"step {step:,}/{self.total:,} | {text}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def format_status(**status) -> str:
+    parts = []
+    for key, value in status.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if key == "sps":
+            parts.append(f"{value:.0f} steps/s")
+        elif isinstance(value, float):
+            parts.append(f"{key.replace('_', ' ')} {value:.3g}")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    return " | ".join(parts)
+
+
+# --- RNG states to and from JSON (numpy) and tensors (torch) ---
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state
+
+
+def torch_rng_tensors() -> dict[str, torch.Tensor]:
+    return {"rng.torch": torch.get_rng_state()}
+
+
+def set_torch_rng(tensors: dict[str, torch.Tensor]) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
