@@ -39,7 +39,7 @@ from mario_rl.storage import atomic_write, load_tensors, save_tensors
 class TrainConfig:
     """Options every algorithm shares."""
 
-    stage: Annotated[str, tyro.conf.Positional] = "1-1"
+    stage: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="STAGE")] = "1-1"
     """stage to train on: 1-1 ... 8-4, or game"""
     steps: int = 1_000_000
     """total agent steps to train for (on --resume: the new total)"""

@@ -1,0 +1,227 @@
+"""`mario-rl`: a thin command line over the library. It parses, calls, and prints.
+
+    mario-rl play [STAGE] [--policy PATH | --random] [--episodes N] [--out FILE.mp4] [--window]
+    mario-rl train STAGE --algo ddqn [--steps N] [--run-dir DIR] [--resume] [--burnin ...]
+    mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json]
+    mario-rl bench [--seconds S] [--tutorial]
+
+Bad input ends with one line, `error: ...`, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from mario_rl.errors import UserError
+
+ALGOS = ("ddqn",)
+
+
+@dataclass
+class PlayArgs:
+    """Play a stage and record it: a trained policy (the bundled one by default) or a random agent."""
+
+    stage: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="STAGE")] = "1-1"
+    """stage to play: 1-1 ... 8-4, or game"""
+    policy: Path | None = None
+    """policy file to play (default: the bundled policy for the stage, if there is one)"""
+    random: bool = False
+    """play a random agent even if a policy exists"""
+    episodes: int = 1
+    """episodes to play (all go into one video)"""
+    out: Path = Path("mario.mp4")
+    """video to write: an MP4 and, beside it, an animated GIF preview of the same name"""
+    window: bool = False
+    """also show the game in a window while it plays (needs a display)"""
+    seed: int = 0
+    """seed of the first episode (episode i uses seed + i) and of the random agent"""
+    actions: str | None = None
+    """action set for a random agent (default: right); a policy uses its own"""
+    sticky: float = 0.0
+    """frame-level sticky-action probability"""
+    noop_max: int = 0
+    """up to this many random no-op frames at reset"""
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate a policy under ../shared/PROTOCOL.md (defaults: 20 episodes, sticky 0.25, 0..30 no-ops)."""
+
+    policy: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="POLICY")]
+    """policy file, or a stage name for its bundled policy"""
+    stage: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="STAGE")]
+    """stage to evaluate on: 1-1 ... 8-4"""
+    episodes: int = 20
+    """episodes; episode i uses seed + i"""
+    sticky: float = 0.25
+    """frame-level sticky-action probability"""
+    noop_max: int = 30
+    """up to this many random no-op frames at reset"""
+    seed: int = 0
+    """seed of the first episode"""
+    json: bool = False
+    """print the full result as JSON"""
+    out: Path | None = None
+    """also write the result JSON to this file"""
+    video: Path | None = None
+    """also record every episode into this video (.mp4, with a .gif preview)"""
+
+
+@dataclass
+class BenchArgs:
+    """Measure speed and memory: the raw emulator, the env pipeline, DDQN training, the replay."""
+
+    seconds: float = 20.0
+    """seconds per measurement"""
+    tutorial: bool = True
+    """also time DDQN training against the PyTorch tutorial's own loop (a few minutes)"""
+    train_steps: int = 3000
+    """agent steps of each timed training run"""
+    burnin: int = 1000
+    """burn-in steps of each timed training run"""
+    json: bool = False
+    """print the results as JSON"""
+
+
+def _parse(cls, args: list[str], prog: str):
+    """tyro, with its boxed parse errors folded into our one-line `error: ...` (exit 2)."""
+    import contextlib
+    import io
+    import re
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, args=args, prog=prog)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        # Keep the box's first paragraph (the message), drop borders and the help pointer.
+        body = []
+        for line in captured.getvalue().splitlines()[1:]:
+            text = line.strip().strip("│╰╯─").strip()
+            if not text or text.startswith("For full helptext"):
+                continue
+            if set(text) <= set("─"):
+                break
+            body.append(text)
+        detail = " ".join(" ".join(body).split()) or "invalid arguments"
+        raise UserError(f"{detail} (see {prog} --help)") from None
+
+
+def cmd_play(args: list[str]) -> None:
+    from mario_rl.play import play
+
+    a = _parse(PlayArgs, args, "mario-rl play")
+    play(a.stage, policy=a.policy, random=a.random, episodes=a.episodes, out=a.out, window=a.window,
+         seed=a.seed, actions=a.actions, sticky=a.sticky, noop_max=a.noop_max, echo=print)
+
+
+def cmd_train(args: list[str]) -> None:
+    algo, rest = "ddqn", []
+    it = iter(args)
+    for arg in it:
+        if arg == "--algo":
+            algo = next(it, "")
+        elif arg.startswith("--algo="):
+            algo = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if algo not in ALGOS:
+        raise UserError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGOS)}")
+    from mario_rl.agents import ddqn
+
+    cfg = _parse(ddqn.DDQNConfig, rest, "mario-rl train")
+    run = ddqn.train(cfg)
+    print(f"done: {run.dir} (policy: {run.policy_path})")
+
+
+def cmd_eval(args: list[str]) -> None:
+    from mario_rl.envs import env_id
+    from mario_rl.evaluate import evaluate
+    from mario_rl.policy import load_policy
+    from mario_rl.storage import atomic_write
+
+    a = _parse(EvalArgs, args, "mario-rl eval")
+    env_id(a.stage)
+    if a.out is not None:
+        _check_writable(a.out)
+    if a.video is not None:
+        from mario_rl.video import check_output_path
+
+        check_output_path(a.video)
+    policy = load_policy(a.policy)
+
+    def show(r):
+        if not a.json:
+            mark = "CLEAR" if r["cleared"] else "     "
+            print(f"  seed {r['seed']:>6}  {mark}  x {r['x']:>5}  steps {r['steps']:>5}", flush=True)
+
+    result = evaluate(policy, a.stage, episodes=a.episodes, sticky=a.sticky, noop_max=a.noop_max,
+                      seed=a.seed, video=a.video, on_episode=show)
+    if a.out is not None:
+        atomic_write(a.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
+              f"(clear rate {result['clear_rate']:.2f}, sticky {a.sticky}, no-ops 0..{a.noop_max}) | "
+              f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
+              f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1}")
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.probe", "w"):
+            pass
+        (path.parent / f".{path.name}.probe").unlink()
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def cmd_bench(args: list[str]) -> None:
+    from mario_rl.bench import format_report, run_bench
+
+    a = _parse(BenchArgs, args, "mario-rl bench")
+    if a.seconds <= 0 or a.train_steps <= 0 or a.burnin <= 0:
+        raise UserError("--seconds, --train-steps and --burnin must be positive")
+    report = run_bench(seconds=a.seconds, tutorial=a.tutorial, train_steps=a.train_steps, burnin=a.burnin,
+                       echo=None if a.json else print)
+    print(json.dumps(report, indent=2) if a.json else format_report(report))
+
+
+COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+USAGE = __doc__.split("\n\n")[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage:\n" + USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[command](rest)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `mario-rl ... | head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
