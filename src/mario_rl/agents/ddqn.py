@@ -169,7 +169,7 @@ class DDQNAgent:
         self.exploration_rate = state["exploration_rate"]
         set_rng_state(self.act_rng, state["act_rng"])
         set_rng_state(self.replay_rng, state["replay_rng"])
-        replay = {k: v.numpy() for k, v in sub("replay.").items()}
+        replay = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in sub("replay.").items()}
         if replay:
             self.replay.load_state_dict(replay)
             self.learn_from = state["learn_from"]

@@ -1,0 +1,110 @@
+import pickle
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import gym_super_mario_bros
+from mario_rl import load_policy
+from mario_rl.envs import Preprocessing, StickyButtons
+from mario_rl.errors import UserError
+from mario_rl.nets import MarioNet
+from mario_rl.policy import save_policy
+
+
+@pytest.fixture()
+def policy_file(tmp_path):
+    torch.manual_seed(0)
+    net = MarioNet(4, 7)
+    path = tmp_path / "p.safetensors"
+    save_policy(path, net, algorithm="ddqn", network="MarioNet",
+                network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
+                preprocessing=Preprocessing("simple"), stage="1-1", steps=123)
+    return path, net
+
+
+def test_round_trip_same_actions(policy_file):
+    path, net = policy_file
+    policy = load_policy(path)
+    assert policy.meta["steps"] == 123 and policy.actions == "simple"
+    assert policy.meta["algorithm"] == "ddqn" and policy.meta["mario_rl_version"]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs = rng.integers(0, 256, (4, 84, 84), dtype=np.uint8)
+        with torch.no_grad():
+            expected = int(net(torch.from_numpy(obs)[None]).argmax())
+        assert policy.act(obs) == expected
+
+
+def test_wrap_any_base_env_with_outside_perturbations(policy_file):
+    policy = load_policy(policy_file[0])
+
+    class OutsideSticky(gym.Wrapper):  # an evaluator's own wrapper, not ours
+        def step(self, action):
+            return self.env.step(action)
+
+    env = policy.wrap(OutsideSticky(StickyButtons(gym_super_mario_bros.make("SuperMarioBros-1-1-v0"), 0.25)))
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (4, 84, 84) and env.action_space.n == 7
+    for _ in range(20):
+        obs, r, term, trunc, info = env.step(policy.act(obs))
+    assert info["x_pos"] > 0
+
+
+def test_wrap_refuses_an_env_that_is_not_raw(policy_file):
+    from mario_rl import make_env
+
+    with pytest.raises(UserError, match="raw env"):
+        load_policy(policy_file[0]).wrap(make_env("1-1"))
+
+
+def test_action_set_mismatch(policy_file):
+    with pytest.raises(UserError, match="trained with the 'simple' action set, not 'right'"):
+        load_policy(policy_file[0]).check_actions("right")
+
+
+def test_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(Evil()))
+    pt = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2)}, pt)  # a PyTorch .pt file: a zip holding a pickle
+    for path in (raw, pt):
+        with pytest.raises(UserError, match="never unpickles"):
+            load_policy(path)
+    assert not marker.exists()
+
+
+def test_tampered_file_is_refused(policy_file, tmp_path):
+    path = policy_file[0]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # flip bits in the weights
+    bad = tmp_path / "tampered.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt or was modified"):
+        load_policy(bad)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all" * 10)
+    with pytest.raises(UserError, match="not a valid safetensors"):
+        load_policy(junk)
+    with pytest.raises(UserError, match="not found"):
+        load_policy(tmp_path / "missing.safetensors")
+
+
+def test_no_bundled_policy_message():
+    from mario_rl.policy import bundled_policy_path
+
+    if bundled_policy_path("8-4") is None:
+        with pytest.raises(UserError, match="no bundled policy for stage 8-4"):
+            load_policy("8-4")

@@ -1,0 +1,54 @@
+"""Kill a real training process with SIGKILL, then resume it."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from mario_rl.storage import load_tensors
+from conftest import run_cli
+
+
+def test_sigkill_then_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    every = 150
+    cmd = [sys.executable, "-m", "mario_rl.cli", "train", "1-1", "--algo", "ddqn", "--steps", "100000",
+           "--burnin", "100", "--batch-size", "8", "--memory-size", "3000",
+           "--checkpoint-every", str(every), "--video-steps", "0", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = run_dir / "checkpoint.safetensors"
+    deadline = time.monotonic() + 300
+    saved = 0
+    while time.monotonic() < deadline and saved < 2 * every:
+        time.sleep(0.5)
+        if ckpt.exists():
+            try:
+                saved = load_tensors(ckpt, "checkpoint")[1]["step"]
+            except Exception:  # noqa: BLE001 - a checkpoint is never half-written; retry anyway
+                pass
+    assert saved >= 2 * every, "no second checkpoint within 5 minutes"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    _, state = load_tensors(ckpt, "checkpoint")  # intact after the kill
+    killed_at = state["step"]
+    assert killed_at % every == 0 and killed_at >= 2 * every
+    total = killed_at + 2 * every
+    resumed = run_cli("train", "1-1", "--algo", "ddqn", "--run-dir", run_dir, "--resume", "--steps", total)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {run_dir} at step {killed_at:,}" in resumed.stdout
+    tensors, state = load_tensors(ckpt, "checkpoint")
+    assert state["step"] == total
+    assert state["config"]["batch_size"] == 8  # the saved config, not the defaults
+    assert any(k.startswith("replay.frames") for k in tensors)
+    steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "episodes.csv"))]
+    assert steps == sorted(steps) and steps[-1] <= total
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == total
+
+
+def test_resume_needs_a_run(tmp_path):
+    proc = run_cli("train", "1-1", "--resume", "--run-dir", tmp_path / "none")
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
