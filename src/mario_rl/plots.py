@@ -73,3 +73,9 @@ def plot_learning_curves(episodes_csv: Path, out_dir: Path, window: int = 20) ->
     plt.close(fig_all)
     written.append(path)
     return written
+
+
+if __name__ == "__main__":  # `python -m mario_rl.plots EPISODES_CSV OUT_DIR`, used by training runs
+    import sys
+
+    plot_learning_curves(Path(sys.argv[1]), Path(sys.argv[2]))

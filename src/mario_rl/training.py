@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import json
 import math
+import subprocess
 import sys
 import time
 from collections import deque
@@ -138,6 +139,8 @@ class Run:
         self.recent = deque(maxlen=20)
         self.best_x = self.resumed_state[1].get("best_x", 0) if self.resumed_state else 0
         self._last_plot = time.monotonic()
+        self._plotter: subprocess.Popen | None = None
+        self._final_plot_step: int | None = None
         self.progress = ProgressDisplay(cfg.steps, start_step)
 
     @staticmethod
@@ -184,11 +187,20 @@ class Run:
             self.plot()
             self.tb.add_scalar("charts/SPS", self.progress.sps, step)
 
-    def plot(self) -> None:
-        from mario_rl.plots import plot_learning_curves
+    def plot(self, final: bool = False) -> None:
+        """Refresh the learning curves in a separate process, so training never waits for matplotlib.
 
+        final=True waits for a refresh still drawing and starts one with every episode in it.
+        """
+        if self._plotter is not None and self._plotter.poll() is None:
+            if not final:
+                return  # the previous refresh is still drawing
+            self._plotter.wait()
+        self._final_plot_step = self.progress.last_step if final else None
         self._csv_file.flush()
-        plot_learning_curves(self._episodes_csv, self.dir / "plots")
+        self._plotter = subprocess.Popen(
+            [sys.executable, "-m", "mario_rl.plots", str(self._episodes_csv), str(self.dir / "plots")],
+            stdout=subprocess.DEVNULL)
         self._last_plot = time.monotonic()
 
     # --- checkpoints, policies, videos ---
@@ -217,7 +229,10 @@ class Run:
         return out
 
     def close(self) -> None:
-        self.plot()
+        """Finish: the final plots (started earlier by plot(final=True), or now), events, files."""
+        if self._plotter is None or self._final_plot_step != self.progress.last_step:
+            self.plot(final=True)
+        self._plotter.wait()
         self.progress.close()
         self.tb.close()
         self._csv_file.close()
@@ -228,6 +243,7 @@ class ProgressDisplay:
 
     def __init__(self, total: int, start: int):
         self.total, self.start = total, start
+        self.last_step = start
         self.t0 = time.monotonic()
         self.sps = 0.0
         self._window = deque(maxlen=50)
@@ -243,6 +259,7 @@ class ProgressDisplay:
             self._bar.start()
 
     def update(self, step: int, **status) -> None:
+        self.last_step = step
         now = time.monotonic()
         self._window.append((now, step))
         if len(self._window) > 1 and now > self._window[0][0]:

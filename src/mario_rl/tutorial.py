@@ -6,7 +6,8 @@ today's stack forces: Gymnasium's 5-tuple step, and a LazyFrames-like frame stac
 (Gymnasium 1.x's FrameStackObservation would cast the tutorial's float frames
 to uint8). Everything else is the tutorial's: torchvision transforms per frame,
 float32 state tensors cached twice per transition in a deque, random.sample,
-three network passes per update. Not used for training; `mario-rl train` is.
+three network passes per update, its MetricLogger (a log line and four plots
+every 20 episodes). Not used for training; `mario-rl train` is.
 
     python -m mario_rl.tutorial --steps 3000 --burnin 1000
 """
@@ -16,9 +17,12 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import shutil
 import sys
+import tempfile
 import time
 from collections import deque
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -207,6 +211,72 @@ class Mario:
         return (td_est.mean().item(), loss)
 
 
+class MetricLogger:
+    """The tutorial's MetricLogger: per-step sums, per-episode means, a log line and four plots."""
+
+    def __init__(self, save_dir):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        self.save_log = save_dir / "log"
+        with open(self.save_log, "w") as f:
+            f.write(f"{'Episode':>8}{'Step':>8}{'Epsilon':>10}{'MeanReward':>15}{'MeanLength':>15}"
+                    f"{'MeanLoss':>15}{'MeanQValue':>15}{'TimeDelta':>15}{'Time':>20}\n")
+        self.plots = {name: save_dir / f"{name}_plot.jpg"
+                      for name in ("ep_rewards", "ep_lengths", "ep_avg_losses", "ep_avg_qs")}
+        self.ep_rewards, self.ep_lengths, self.ep_avg_losses, self.ep_avg_qs = [], [], [], []
+        self.moving_avg = {name: [] for name in self.plots}
+        self.init_episode()
+        self.record_time = time.time()
+
+    def log_step(self, reward, loss, q):
+        self.curr_ep_reward += reward
+        self.curr_ep_length += 1
+        if loss:
+            self.curr_ep_loss += loss
+            self.curr_ep_q += q
+            self.curr_ep_loss_length += 1
+
+    def log_episode(self):
+        self.ep_rewards.append(self.curr_ep_reward)
+        self.ep_lengths.append(self.curr_ep_length)
+        if self.curr_ep_loss_length == 0:
+            ep_avg_loss = ep_avg_q = 0
+        else:
+            ep_avg_loss = np.round(self.curr_ep_loss / self.curr_ep_loss_length, 5)
+            ep_avg_q = np.round(self.curr_ep_q / self.curr_ep_loss_length, 5)
+        self.ep_avg_losses.append(ep_avg_loss)
+        self.ep_avg_qs.append(ep_avg_q)
+        self.init_episode()
+
+    def init_episode(self):
+        self.curr_ep_reward = 0.0
+        self.curr_ep_length = 0
+        self.curr_ep_loss = 0.0
+        self.curr_ep_q = 0.0
+        self.curr_ep_loss_length = 0
+
+    def record(self, episode, epsilon, step):
+        import matplotlib.pyplot as plt
+
+        for name in self.plots:
+            self.moving_avg[name].append(np.round(np.mean(getattr(self, name)[-100:]), 3))
+        last = time.time()
+        delta, self.record_time = np.round(last - self.record_time, 3), last
+        m = {name: values[-1] for name, values in self.moving_avg.items()}
+        print(f"Episode {episode} - Step {step} - Epsilon {epsilon} - Mean Reward {m['ep_rewards']} - "
+              f"Mean Length {m['ep_lengths']} - Mean Loss {m['ep_avg_losses']} - Mean Q Value {m['ep_avg_qs']} - "
+              f"Time Delta {delta}")
+        with open(self.save_log, "a") as f:
+            f.write(f"{episode:8d}{step:8d}{epsilon:10.3f}{m['ep_rewards']:15.3f}{m['ep_lengths']:15.3f}"
+                    f"{m['ep_avg_losses']:15.3f}{m['ep_avg_qs']:15.3f}{delta:15.3f}{time.ctime():>20}\n")
+        for name, path in self.plots.items():
+            plt.clf()
+            plt.plot(self.moving_avg[name], label=f"moving_avg_{name}")
+            plt.legend()
+            plt.savefig(path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -227,8 +297,10 @@ def main(argv=None) -> int:
     env = ResizeObservation(env, shape=84)
     env = FrameStack(env, num_stack=4)
     mario = Mario(state_dim=(4, 84, 84), action_dim=env.action_space.n, burnin=args.burnin)
+    save_dir = Path(tempfile.mkdtemp(prefix="mario-tutorial-"))
+    logger = MetricLogger(save_dir)
     t0 = time.perf_counter()
-    rewards, losses, qs, episodes = [], [], [], 0
+    episodes = 0
     while mario.curr_step < args.steps:
         state, _ = env.reset()
         while True:
@@ -236,15 +308,16 @@ def main(argv=None) -> int:
             next_state, reward, done, trunc, info = env.step(action)
             mario.cache(state, next_state, action, reward, done)
             q, loss = mario.learn()
-            rewards.append(reward)  # the tutorial's MetricLogger.log_step
-            if loss is not None:
-                losses.append(loss)
-                qs.append(q)
+            logger.log_step(reward, loss, q)
             state = next_state
             if done or info["flag_get"] or mario.curr_step >= args.steps:
                 break
+        logger.log_episode()
+        if episodes % 20 == 0:
+            logger.record(episode=episodes, epsilon=mario.exploration_rate, step=mario.curr_step)
         episodes += 1
     elapsed = time.perf_counter() - t0
+    shutil.rmtree(save_dir, ignore_errors=True)
     print(f"tutorial loop: {mario.curr_step} steps, {episodes} episodes, {elapsed:.1f} s, "
           f"{mario.curr_step / elapsed:.1f} steps/s")
     return 0

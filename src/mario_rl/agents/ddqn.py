@@ -208,6 +208,7 @@ def train(cfg: DDQNConfig) -> Run:
         return obs
 
     obs = new_episode()
+    t_loop, step_loop = time.perf_counter(), step
     ep_return, ep_len, ep_x, ep_loss, ep_q = 0.0, 0, 0, [], []
     last_sps_log = time.monotonic()
     try:
@@ -247,7 +248,11 @@ def train(cfg: DDQNConfig) -> Run:
                     last_sps_log = time.monotonic()
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save(step)
+        loop_seconds = time.perf_counter() - t_loop
+        run.plot(final=True)  # drawn in another process while the last checkpoint is written
         save(step)
+        print(f"trained {step - step_loop:,} agent steps in {loop_seconds:.1f} s "
+              f"({(step - step_loop) / max(loop_seconds, 1e-9):.1f} steps/s)", flush=True)
     finally:
         env.close()
         run.close()
