@@ -1,7 +1,7 @@
 """`mario-rl`: a thin command line over the library. It parses, calls, and prints.
 
     mario-rl play [STAGE] [--policy PATH | --random] [--episodes N] [--out FILE.mp4] [--window]
-    mario-rl train STAGE --algo ddqn [--steps N] [--run-dir DIR] [--resume] [--burnin ...]
+    mario-rl train STAGE --algo ddqn|ppo [--steps N] [--run-dir DIR] [--resume] [--burnin ...|--envs N ...]
     mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json]
     mario-rl bench [--seconds S] [--tutorial]
 
@@ -20,7 +20,7 @@ import tyro
 
 from mario_rl.errors import UserError
 
-ALGOS = ("ddqn",)
+ALGOS = ("ddqn", "ppo")
 
 
 @dataclass
@@ -135,10 +135,12 @@ def cmd_train(args: list[str]) -> None:
             rest.append(arg)
     if algo not in ALGOS:
         raise UserError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGOS)}")
-    from mario_rl.agents import ddqn
+    import importlib
 
-    cfg = _parse(ddqn.DDQNConfig, rest, "mario-rl train")
-    run = ddqn.train(cfg)
+    module = importlib.import_module(f"mario_rl.agents.{algo}")
+    config_class = {"ddqn": "DDQNConfig", "ppo": "PPOConfig"}[algo]
+    cfg = _parse(getattr(module, config_class), rest, f"mario-rl train --algo {algo}")
+    run = module.train(cfg)
     print(f"done: {run.dir} (policy: {run.policy_path})")
 
 

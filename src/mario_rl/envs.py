@@ -305,3 +305,74 @@ def make_env(
         stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink
     )
     return wrap_preprocessing(base, pre)
+
+
+# --- vector environments ---
+
+
+class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Keeps only what a learner needs from the game's large info dict, and adds episode statistics.
+
+    info holds x_pos and flag_get every step; when an episode ends it also holds
+    info["episode"] = {"r": return, "l": length, "x": x reached, "flag": 1 if cleared}.
+    A vector env aggregates every info key of every env at every step, so trimming
+    the ~30 keys here is what keeps that cheap.
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        self._r, self._l, self._x = 0.0, 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._r, self._l, self._x = 0.0, 0, int(info.get("x_pos", 0))
+        return obs, {"x_pos": self._x, "flag_get": False}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._r += float(reward)
+        self._l += 1
+        x, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
+        self._x = max(self._x, x)
+        out = {"x_pos": x, "flag_get": flag}
+        # A flag ends the episode for a single stage; in "game" it would go on to the next stage.
+        if terminated or truncated:
+            out["episode"] = {"r": self._r, "l": self._l, "x": self._x, "flag": int(flag)}
+        return obs, reward, terminated, truncated, out
+
+
+def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int) -> gym.Env:
+    return EpisodeStats(make_env(stage, actions, sticky=sticky, noop_max=noop_max))
+
+
+def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", *, sticky: float = 0.0,
+                 noop_max: int = 0, asynchronous: bool = True) -> gym.vector.VectorEnv:
+    """`num_envs` copies of make_env, one emulator process each, observations in shared memory.
+
+    Autoreset happens in the same step (Gymnasium's SAME_STEP mode): when an episode
+    ends, the returned observation is already the next episode's first one; the
+    finished episode's statistics are in info["final_info"], read them with
+    `finished_episodes(info)`.
+    """
+    from functools import partial
+
+    env_id(stage)
+    check_action_set(actions)
+    if num_envs < 1:
+        raise UserError(f"num_envs must be positive, got {num_envs}")
+    fns = [partial(_vector_worker_env, stage, actions, sticky, noop_max) for _ in range(num_envs)]
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if not asynchronous:
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    # spawn, not fork: the learner process has torch's thread pools running.
+    return gym.vector.AsyncVectorEnv(fns, shared_memory=True, context="spawn", autoreset_mode=mode)
+
+
+def finished_episodes(info: dict) -> list[tuple[int, dict]]:
+    """(env index, {"r", "l", "x", "flag"}) for each episode that ended in this vector step."""
+    final = info.get("final_info")
+    if not final or "episode" not in final:
+        return []
+    mask = final.get("_episode", info.get("_final_info"))
+    return [(int(i), {k: v[i].item() for k, v in final["episode"].items()}) for i in np.flatnonzero(mask)]

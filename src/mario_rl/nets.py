@@ -27,7 +27,37 @@ class MarioNet(nn.Module):
         return self.net(obs.float().div_(255.0))
 
 
-NETWORKS: dict[str, type[nn.Module]] = {"MarioNet": MarioNet}
+def _ortho(layer: nn.Module, gain: float = 2 ** 0.5, bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the PPO initialisation (Engstrom et al., 2020)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class ActorCritic(nn.Module):
+    """The same Nature-DQN torso, with a policy head (logits) and a value head, as in CleanRL's PPO."""
+
+    def __init__(self, in_channels: int = 4, n_actions: int = 7, frame_size: int = 84):
+        super().__init__()
+        if frame_size != 84:
+            raise ValueError(f"ActorCritic expects 84x84 frames, got {frame_size}x{frame_size}")
+        self.torso = nn.Sequential(
+            _ortho(nn.Conv2d(in_channels, 32, 8, stride=4)), nn.ReLU(),
+            _ortho(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+            _ortho(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+            nn.Flatten(),
+            _ortho(nn.Linear(3136, 512)), nn.ReLU(),
+        )
+        self.policy = _ortho(nn.Linear(512, n_actions), gain=0.01)
+        self.value = _ortho(nn.Linear(512, 1), gain=1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action logits (B, n_actions) and state values (B,)."""
+        h = self.torso(obs.float().div_(255.0))
+        return self.policy(h), self.value(h).squeeze(-1)
+
+
+NETWORKS: dict[str, type[nn.Module]] = {"MarioNet": MarioNet, "ActorCritic": ActorCritic}
 
 
 def build_network(name: str, **kwargs) -> nn.Module:

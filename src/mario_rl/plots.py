@@ -19,8 +19,8 @@ CURVES = {
 
 
 def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    if len(y) < window:
-        window = max(1, len(y))
+    # Few episodes yet: a shorter window, so that the mean is a line rather than one point.
+    window = max(1, min(window, len(y) // 3))
     kernel = np.ones(window) / window
     return np.convolve(y, kernel, mode="valid")
 
@@ -57,7 +57,7 @@ def plot_learning_curves(episodes_csv: Path, out_dir: Path, window: int = 20) ->
             if ok.any():
                 a.plot(steps[ok], y[ok], alpha=0.3, lw=0.8, label="episode")
                 ma = _moving_average(y[ok], window)
-                a.plot(steps[ok][len(steps[ok]) - len(ma):], ma, lw=1.8, label=f"mean of {window}")
+                a.plot(steps[ok][len(steps[ok]) - len(ma):], ma, lw=1.8, label="moving mean")
             a.set_xlabel("agent steps")
             a.set_title(label)
             a.grid(alpha=0.3)

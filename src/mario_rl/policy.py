@@ -72,7 +72,9 @@ class Policy:
     def act(self, obs: np.ndarray) -> int:
         """The greedy action for one observation (frame_stack, size, size) uint8."""
         x = torch.as_tensor(np.asarray(obs)).unsqueeze(0)
-        return int(self.net(x).argmax(dim=1).item())
+        out = self.net(x)
+        logits = out[0] if isinstance(out, tuple) else out  # (logits, value) for actor-critics
+        return int(logits.argmax(dim=1).item())
 
     def __repr__(self) -> str:
         m = self.meta

@@ -1,0 +1,210 @@
+"""Proximal Policy Optimization (Schulman et al., 2017) on vectorized Mario emulators.
+
+Read it like CleanRL's ppo_atari.py: the config, then `gae`, then `ppo_loss`,
+then `train`: collect `num_steps` steps from every env with one batched forward
+pass per step, compute advantages with GAE, then a few epochs of minibatch
+updates on the clipped objective. Logging, checkpoints, plots and videos are the
+shared ones in training.py, as for DDQN.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mario_rl.envs import Preprocessing, finished_episodes, make_vec_env
+from mario_rl.errors import UserError
+from mario_rl.nets import ActorCritic
+from mario_rl.policy import save_policy
+from mario_rl.storage import flatten_state, unflatten_state
+from mario_rl.training import Run, TrainConfig, set_torch_rng, torch_rng_tensors
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    """PPO with CleanRL's Atari settings, adjusted for Mario where noted."""
+
+    actions: str = "simple"
+    """action set: right, right_only, simple or complex"""
+    envs: int = 2
+    """parallel emulators, one process each (use the number of cores)"""
+    num_steps: int = 256
+    """steps per env in each rollout"""
+    lr: float = 2.5e-4
+    """Adam learning rate, annealed linearly to 0 when --anneal-lr"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly over the run"""
+    gamma: float = 0.9
+    """discount factor (Mario's rewards are dense; 0.9 as in the tutorial and public Mario PPO runs)"""
+    gae_lambda: float = 0.95
+    """lambda of generalized advantage estimation"""
+    num_minibatches: int = 4
+    """minibatches per epoch"""
+    update_epochs: int = 4
+    """epochs over each rollout"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss too"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """gradient clipping norm"""
+    reward_scale: float = 0.05
+    """rewards are multiplied by this (a 4-frame step can earn up to 60)"""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("envs", "num_steps", "num_minibatches", "update_epochs"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if (self.envs * self.num_steps) % self.num_minibatches:
+            raise UserError("--envs x --num-steps must be divisible by --num-minibatches")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
+        next_done: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over a (T, N) rollout; returns (advantages, returns).
+
+    dones[t] says the observation at step t began a new episode (the previous one
+    terminated), so nothing is bootstrapped across it.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(T)):
+        if t == T - 1:
+            not_done, v_next = 1.0 - next_done, next_value
+        else:
+            not_done, v_next = 1.0 - dones[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * v_next * not_done - values[t]
+        last = delta + gamma * lam * not_done * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+             clip_coef: float) -> torch.Tensor:
+    """The clipped surrogate objective, as a loss: mean of max(-A r, -A clip(r, 1-e, 1+e))."""
+    ratio = (new_logprob - old_logprob).exp()
+    return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+
+
+def train(cfg: PPOConfig) -> Run:
+    """Train PPO on one stage; resumable; returns the finished Run."""
+    cfg.algo = "ppo"
+    run = Run(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    pre = Preprocessing(cfg.actions)
+    envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max)
+    n_actions = int(envs.single_action_space.n)
+    net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
+    agent = ActorCritic(**net_kwargs)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    batch_size = cfg.envs * cfg.num_steps
+    minibatch = batch_size // cfg.num_minibatches
+    step, episode = 0, 0
+    if run.resumed_state is not None:
+        tensors, state = run.resumed_state
+        agent.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("agent.")})
+        optimizer.load_state_dict(unflatten_state(state["optim"], tensors))
+        set_torch_rng(tensors)
+        step, episode = state["step"], state["episode"]
+        print(f"resumed {run.dir} at step {step:,} (episode {episode})", flush=True)
+
+    def save(step: int) -> None:
+        tensors = {f"agent.{k}": v for k, v in agent.state_dict().items()} | torch_rng_tensors()
+        optim = flatten_state("optim", optimizer.state_dict(), tensors)
+        run.save_checkpoint(step, tensors, {"optim": optim, "episode": episode})
+        save_policy(run.policy_path, agent, algorithm="ppo", network="ActorCritic",
+                    network_kwargs=net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step)
+        run.record_video(greedy, step)
+
+    @torch.no_grad()
+    def greedy(obs: np.ndarray) -> int:
+        return int(agent(torch.from_numpy(np.asarray(obs))[None])[0].argmax(1).item())
+
+    obs_buf = torch.zeros((cfg.num_steps, cfg.envs, *envs.single_observation_space.shape), dtype=torch.uint8)
+    actions = torch.zeros((cfg.num_steps, cfg.envs), dtype=torch.long)
+    logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
+    next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
+    next_obs = torch.from_numpy(next_obs)
+    next_done = torch.zeros(cfg.envs)
+    start_step, t_loop = step, time.perf_counter()
+    stats = {}
+    try:
+        while step < cfg.steps:
+            if cfg.anneal_lr:
+                optimizer.param_groups[0]["lr"] = cfg.lr * max(0.0, 1.0 - step / cfg.steps)
+            for t in range(cfg.num_steps):
+                obs_buf[t], dones[t] = next_obs, next_done
+                with torch.no_grad():
+                    logits, value = agent(next_obs)
+                dist = torch.distributions.Categorical(logits=logits)
+                action = dist.sample()
+                actions[t], logprobs[t], values[t] = action, dist.log_prob(action), value
+                obs, reward, terminated, truncated, info = envs.step(action.numpy())
+                rewards[t] = torch.from_numpy(np.asarray(reward, np.float32)) * cfg.reward_scale
+                next_obs = torch.from_numpy(obs)
+                # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
+                next_done = torch.from_numpy((terminated | truncated).astype(np.float32))
+                step += cfg.envs
+                for _, ep in finished_episodes(info):
+                    episode += 1
+                    run.log_episode(step, episode=episode, **{"return": round(float(ep["r"]), 3)},
+                                    length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]))
+            with torch.no_grad():
+                next_value = agent(next_obs)[1]
+            advantages, returns = gae(rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda)
+
+            b_obs = obs_buf.reshape(-1, *obs_buf.shape[2:])
+            b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
+            b_adv, b_ret, b_val = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            clipfracs = []
+            for _ in range(cfg.update_epochs):
+                for mb in torch.randperm(batch_size).split(minibatch):
+                    logits, new_value = agent(b_obs[mb])
+                    dist = torch.distributions.Categorical(logits=logits)
+                    new_logprob = dist.log_prob(b_actions[mb])
+                    adv = b_adv[mb]
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    pg_loss = ppo_loss(new_logprob, b_logprobs[mb], adv, cfg.clip_coef)
+                    if cfg.clip_vloss:
+                        v_clipped = b_val[mb] + (new_value - b_val[mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                        v_loss = 0.5 * torch.max((new_value - b_ret[mb]) ** 2, (v_clipped - b_ret[mb]) ** 2).mean()
+                    else:
+                        v_loss = 0.5 * ((new_value - b_ret[mb]) ** 2).mean()
+                    entropy = dist.entropy().mean()
+                    loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    with torch.no_grad():
+                        clipfracs.append(((new_logprob - b_logprobs[mb]).exp().sub(1).abs() > cfg.clip_coef).float().mean().item())
+            stats = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
+                     "clipfrac": float(np.mean(clipfracs)), "lr": optimizer.param_groups[0]["lr"]}
+            run.log_scalars(step, "losses", **stats)
+            run.log_scalars(step, "charts", SPS=run.progress.sps)
+            run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"])
+            if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:
+                save(step)
+        loop_seconds = time.perf_counter() - t_loop
+        run.plot(final=True)
+        save(step)
+        print(f"trained {step - start_step:,} agent steps in {loop_seconds:.1f} s "
+              f"({(step - start_step) / max(loop_seconds, 1e-9):.1f} steps/s)", flush=True)
+    finally:
+        envs.close()
+        run.close()
+    return run

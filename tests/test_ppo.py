@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from mario_rl import make_vec_env
+from mario_rl.envs import finished_episodes
+from mario_rl.agents.ppo import PPOConfig, gae, ppo_loss
+from mario_rl.errors import UserError
+
+
+def test_gae_by_hand():
+    rewards = torch.tensor([[1.0], [2.0]])
+    values = torch.tensor([[0.5], [1.0]])
+    dones = torch.zeros(2, 1)
+    # The episode ends after the last step: no bootstrap from next_value.
+    adv, ret = gae(rewards, values, dones, torch.tensor([2.0]), torch.tensor([1.0]), gamma=0.9, lam=0.8)
+    # t=1: 2 - 1.0 = 1.0; t=0: delta 1 + 0.9*1.0 - 0.5 = 1.4, plus 0.9*0.8*1.0 -> 2.12
+    assert torch.allclose(adv[:, 0], torch.tensor([2.12, 1.0]))
+    assert torch.allclose(ret[:, 0], torch.tensor([2.62, 2.0]))
+    # Bootstrapped: t=1: 2 + 0.9*2 - 1 = 2.8; t=0: 1.4 + 0.72*2.8 = 3.416
+    adv, _ = gae(rewards, values, dones, torch.tensor([2.0]), torch.tensor([0.0]), gamma=0.9, lam=0.8)
+    assert torch.allclose(adv[:, 0], torch.tensor([3.416, 2.8]))
+    # A new episode starts at t=1: step 0 neither bootstraps nor sees step 1's advantage.
+    adv, _ = gae(rewards, values, torch.tensor([[0.0], [1.0]]), torch.tensor([2.0]), torch.tensor([0.0]),
+                 gamma=0.9, lam=0.8)
+    assert adv[0, 0].item() == pytest.approx(0.5)
+
+
+def test_clipped_loss_by_hand():
+    old = torch.zeros(2)
+    new = torch.log(torch.tensor([1.5, 0.5]))
+    adv = torch.tensor([1.0, -1.0])
+    # ratio 1.5 with A=+1 is clipped to 1.2 -> -1.2; ratio 0.5 with A=-1: max(0.5, 0.8) = 0.8
+    assert ppo_loss(new, old, adv, 0.2).item() == pytest.approx((-1.2 + 0.8) / 2)
+    # Inside the clip range it is the plain surrogate.
+    assert ppo_loss(torch.log(torch.tensor([1.1])), torch.zeros(1), torch.tensor([2.0]), 0.2).item() == pytest.approx(-2.2)
+
+
+def test_vector_env_shapes_autoreset_and_statistics():
+    envs = make_vec_env("1-1", num_envs=2, actions="right")
+    try:
+        obs, info = envs.reset(seed=0)
+        assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+        rng = np.random.default_rng(0)
+        finished = []
+        for _ in range(600):
+            obs, reward, terminated, truncated, info = envs.step(rng.integers(0, 2, size=2))
+            assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8 and reward.shape == (2,)
+            assert info["x_pos"].shape == (2,)
+            for i, ep in finished_episodes(info):
+                assert terminated[i] or truncated[i]
+                # Same-step autoreset: the observation is already the next episode's first stack.
+                assert all(np.array_equal(obs[i][0], obs[i][k]) for k in range(1, 4))
+                finished.append(ep)
+            if len(finished) >= 2:
+                break
+        assert len(finished) >= 2
+        for ep in finished:
+            assert ep["l"] > 0 and ep["x"] > 0 and ep["flag"] in (0, 1)
+    finally:
+        envs.close()
+
+
+def test_ppo_config_checks():
+    with pytest.raises(UserError, match="divisible"):
+        PPOConfig(envs=3, num_steps=5, num_minibatches=4).validate()
+    with pytest.raises(UserError, match="--envs must be positive"):
+        PPOConfig(envs=0).validate()
+
+
+def test_tiny_ppo_training_through_the_cli(tmp_path):
+    run_dir = tmp_path / "ppo"
+    proc = run_cli("train", "1-1", "--algo", "ppo", "--envs", 2, "--num-steps", 32, "--steps", 256,
+                   "--checkpoint-every", 128, "--video-steps", 20, "--run-dir", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "trained 256 agent steps" in proc.stdout
+    for name in ("checkpoint.safetensors", "policy.safetensors", "config.json", "episodes.csv"):
+        assert (run_dir / name).exists()
+    assert len(list((run_dir / "videos").glob("*.mp4"))) == 2
+    from mario_rl import load_policy
+
+    policy = load_policy(run_dir / "policy.safetensors")
+    assert policy.meta["algorithm"] == "ppo" and policy.actions == "simple"
+    assert 0 <= policy.act(np.zeros((4, 84, 84), np.uint8)) < 7
+    resumed = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--steps", 320)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout and "trained 64 agent steps" in resumed.stdout
