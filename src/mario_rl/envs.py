@@ -365,8 +365,9 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
     mode = gym.vector.AutoresetMode.SAME_STEP
     if not asynchronous:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-    # spawn, not fork: the learner process has torch's thread pools running.
-    return gym.vector.AsyncVectorEnv(fns, shared_memory=True, context="spawn", autoreset_mode=mode)
+    # The platform's default start method (fork on Linux): workers start fast and scripts need
+    # no __main__ guard; a worker never runs torch, so forking the learner's threads is harmless.
+    return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=mode)
 
 
 def finished_episodes(info: dict) -> list[tuple[int, dict]]:
