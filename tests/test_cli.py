@@ -117,3 +117,13 @@ def test_eval_and_play_a_trained_policy(tiny_run, tmp_path):
     assert_one_line_error(run_cli("play", "1-1", "--policy", policy, "--actions", "simple",
                                   "--out", tmp_path / "q.mp4"),
                           "trained with the 'right' action set, not 'simple'")
+
+
+def test_bench_reports_rates_against_the_emulator_ceiling():
+    proc = run_cli("bench", "--seconds", "0.5", "--no-tutorial", "--ppo-steps", "0", "--vec-envs", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["emulator_fps"] > 0 and report["env_steps_per_s"] > 0
+    assert report["ceiling_steps_per_s"] == pytest.approx(report["emulator_fps"] / 4)
+    assert report["vec_env_steps_per_s"] > 0 and report["emulator_fps_all_cores"] > 0
+    assert report["replay"]["ours"] < report["replay"]["tutorial"] / 25

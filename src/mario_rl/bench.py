@@ -6,11 +6,14 @@
 - DDQN training, whole process (start-up, burn-in, learning, final checkpoint),
   against the PyTorch tutorial's own loop (mario_rl.tutorial) with the same
   steps and burn-in, each run as its own process, one after the other;
-- replay memory per transition, ours against the tutorial's float tensors.
+- replay memory per transition, ours against the tutorial's float tensors;
+- the raw emulator with one process per core (the vector envs' ceiling), the
+  vector env with random actions, and PPO training, each as a fraction of it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +41,52 @@ def bench_emulator(seconds: float) -> float:
     rate = n / (time.perf_counter() - t0)
     env.close()
     return rate
+
+
+def _emulator_worker(seconds: float, out) -> None:
+    out.put(bench_emulator(seconds))
+
+
+def bench_emulator_all_cores(seconds: float, processes: int) -> float:
+    """Raw frames/s summed over one emulator process per core: the vector envs' ceiling."""
+    import multiprocessing as mp
+
+    queue = mp.Queue()
+    procs = [mp.Process(target=_emulator_worker, args=(seconds, queue)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    total = sum(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total
+
+
+def bench_vec_env(seconds: float, num_envs: int) -> float:
+    """Agent steps/s of make_vec_env with random actions (all envs together)."""
+    from mario_rl.envs import make_vec_env
+
+    envs = make_vec_env("1-1", num_envs, "simple")
+    rng = np.random.default_rng(0)
+    envs.reset(seed=0)
+    for _ in range(10):  # let every worker start up
+        envs.step(rng.integers(0, 7, size=num_envs))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        envs.step(rng.integers(0, 7, size=num_envs))
+        n += num_envs
+    rate = n / (time.perf_counter() - t0)
+    envs.close()
+    return rate
+
+
+def bench_ppo(steps: int, num_envs: int) -> float:
+    """PPO training loop agent steps/s, as `mario-rl train --algo ppo` reports it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _, loop = _timed(
+            [sys.executable, "-m", "mario_rl.cli", "train", "1-1", "--algo", "ppo", "--envs", str(num_envs),
+             "--num-steps", "128", "--steps", str(steps), "--video-steps", "0", "--run-dir", f"{tmp}/run"],
+            r"trained [\d,]+ agent steps in [\d.]+ s \(([\d.]+) steps/s\)")
+    return loop
 
 
 def bench_env(seconds: float) -> float:
@@ -96,7 +145,7 @@ def bench_training(steps: int, burnin: int) -> dict:
 
 
 def run_bench(seconds: float = 20.0, tutorial: bool = True, train_steps: int = 3000, burnin: int = 1000,
-              echo: Callable[[str], None] | None = print) -> dict:
+              vec_envs: int = 8, ppo_steps: int = 8192, echo: Callable[[str], None] | None = print) -> dict:
     say = echo or (lambda s: None)
     report: dict = {"seconds": seconds}
     say(f"raw emulator ({seconds:.0f} s) ...")
@@ -105,6 +154,19 @@ def run_bench(seconds: float = 20.0, tutorial: bool = True, train_steps: int = 3
     say(f"env pipeline ({seconds:.0f} s) ...")
     report["env_steps_per_s"] = bench_env(seconds)
     report["env_fraction_of_ceiling"] = report["env_steps_per_s"] / report["ceiling_steps_per_s"]
+    cores = os.cpu_count() or 1
+    say(f"raw emulator, one process per core ({cores}) ...")
+    report["cores"] = cores
+    report["emulator_fps_all_cores"] = bench_emulator_all_cores(seconds, cores)
+    report["ceiling_all_cores_steps_per_s"] = report["emulator_fps_all_cores"] / 4
+    say(f"vector env, {vec_envs} envs ({seconds:.0f} s) ...")
+    report["vec_envs"] = vec_envs
+    report["vec_env_steps_per_s"] = bench_vec_env(seconds, vec_envs)
+    report["vec_env_fraction_of_ceiling"] = report["vec_env_steps_per_s"] / report["ceiling_all_cores_steps_per_s"]
+    if ppo_steps:
+        say(f"PPO training, {vec_envs} envs, {ppo_steps} steps ...")
+        report["ppo_steps_per_s"] = bench_ppo(ppo_steps, vec_envs)
+        report["ppo_fraction_of_ceiling"] = report["ppo_steps_per_s"] / report["ceiling_all_cores_steps_per_s"]
     report["replay"] = replay_bytes_per_transition()
     if tutorial:
         say(f"DDQN training vs the tutorial's loop ({train_steps} steps, burn-in {burnin}; a few minutes) ...")
@@ -117,6 +179,10 @@ def format_report(r: dict) -> str:
         "mario_rl bench (one process, this machine)",
         f"  raw emulator            {r['emulator_fps']:8.0f} frames/s  -> ceiling {r['ceiling_steps_per_s']:.0f} agent steps/s at skip 4",
         f"  env pipeline            {r['env_steps_per_s']:8.1f} agent steps/s  ({r['env_fraction_of_ceiling']:.2f} of the ceiling)",
+        f"  raw emulator, {r['cores']} procs   {r['emulator_fps_all_cores']:8.0f} frames/s  -> ceiling {r['ceiling_all_cores_steps_per_s']:.0f} agent steps/s",
+        f"  vector env ({r['vec_envs']} envs)     {r['vec_env_steps_per_s']:8.1f} agent steps/s  ({r['vec_env_fraction_of_ceiling']:.2f} of the all-core ceiling)",
+        *([f"  PPO training            {r['ppo_steps_per_s']:8.1f} agent steps/s  ({r['ppo_fraction_of_ceiling']:.2f} of the all-core ceiling)"]
+          if "ppo_steps_per_s" in r else []),
         f"  replay per transition   {r['replay']['ours']:8.0f} bytes  (tutorial {r['replay']['tutorial']:,} bytes; "
         f"100k transitions: {r['replay']['ours_total_gb']:.2f} GB vs {r['replay']['tutorial_total_gb']:.1f} GB)",
     ]

@@ -85,6 +85,10 @@ class BenchArgs:
     """agent steps of each timed training run"""
     burnin: int = 1000
     """burn-in steps of each timed training run"""
+    vec_envs: int = 8
+    """environments in the vector env and PPO measurements"""
+    ppo_steps: int = 8192
+    """agent steps of the timed PPO run (0 skips it)"""
     json: bool = False
     """print the results as JSON"""
 
@@ -194,8 +198,10 @@ def cmd_bench(args: list[str]) -> None:
     a = _parse(BenchArgs, args, "mario-rl bench")
     if a.seconds <= 0 or a.train_steps <= 0 or a.burnin <= 0:
         raise UserError("--seconds, --train-steps and --burnin must be positive")
+    if a.vec_envs <= 0 or a.ppo_steps < 0:
+        raise UserError("--vec-envs must be positive and --ppo-steps >= 0")
     report = run_bench(seconds=a.seconds, tutorial=a.tutorial, train_steps=a.train_steps, burnin=a.burnin,
-                       echo=None if a.json else print)
+                       vec_envs=a.vec_envs, ppo_steps=a.ppo_steps, echo=None if a.json else print)
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
 
