@@ -1,6 +1,4 @@
 import pickle
-import subprocess
-import sys
 
 import gymnasium as gym
 import numpy as np

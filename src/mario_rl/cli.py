@@ -97,7 +97,6 @@ def _parse(cls, args: list[str], prog: str):
     """tyro, with its boxed parse errors folded into our one-line `error: ...` (exit 2)."""
     import contextlib
     import io
-    import re
 
     captured = io.StringIO()
     try:

@@ -228,6 +228,16 @@ class Run:
         self.log_scalars(step, "eval", video_x=result["x"], video_flag=int(result["cleared"]))
         return out
 
+    def finish(self, step: int, start_step: int, loop_start: float, save) -> None:
+        """After the training loop: final plots (drawn while the last checkpoint is written), the
+        last checkpoint via `save(step)`, and the loop's speed (bench reads this line)."""
+        seconds = time.perf_counter() - loop_start
+        self.plot(final=True)
+        save(step)
+        trained = step - start_step
+        print(f"trained {trained:,} agent steps in {seconds:.1f} s ({trained / max(seconds, 1e-9):.1f} steps/s)",
+              flush=True)
+
     def close(self) -> None:
         """Finish: the final plots (started earlier by plot(final=True), or now), events, files."""
         if self._plotter is None or self._final_plot_step != self.progress.last_step:

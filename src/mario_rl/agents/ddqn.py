@@ -248,11 +248,7 @@ def train(cfg: DDQNConfig) -> Run:
                     last_sps_log = time.monotonic()
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save(step)
-        loop_seconds = time.perf_counter() - t_loop
-        run.plot(final=True)  # drawn in another process while the last checkpoint is written
-        save(step)
-        print(f"trained {step - step_loop:,} agent steps in {loop_seconds:.1f} s "
-              f"({(step - step_loop) / max(loop_seconds, 1e-9):.1f} steps/s)", flush=True)
+        run.finish(step, step_loop, t_loop, save)
     finally:
         env.close()
         run.close()

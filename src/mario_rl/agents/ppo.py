@@ -199,11 +199,7 @@ def train(cfg: PPOConfig) -> Run:
             run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"])
             if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:
                 save(step)
-        loop_seconds = time.perf_counter() - t_loop
-        run.plot(final=True)
-        save(step)
-        print(f"trained {step - start_step:,} agent steps in {loop_seconds:.1f} s "
-              f"({(step - start_step) / max(loop_seconds, 1e-9):.1f} steps/s)", flush=True)
+        run.finish(step, start_step, t_loop, save)
     finally:
         envs.close()
         run.close()
