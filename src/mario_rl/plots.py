@@ -61,7 +61,8 @@ def plot_learning_curves(episodes_csv: Path, out_dir: Path, window: int = 20) ->
             a.set_xlabel("agent steps")
             a.set_title(label)
             a.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
+        if ok.any():
+            ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{name}.png"
         atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=90))
