@@ -8,9 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, timeout=600, cwd=None):
+def run_cli(*args, timeout=600, cwd=None, drop_env=()):
     """Run `mario-rl ARGS` as a user would, in a fresh process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in drop_env} | {"PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "mario_rl.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env=env)
 

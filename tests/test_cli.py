@@ -126,3 +126,10 @@ def test_bench_reports_rates_against_the_emulator_ceiling():
     assert report["ceiling_steps_per_s"] == pytest.approx(report["emulator_fps"] / 4)
     assert report["vec_env_steps_per_s"] > 0 and report["emulator_fps_all_cores"] > 0
     assert report["replay"]["ours"] < report["replay"]["tutorial"] / 25
+
+
+def test_window_without_a_display_is_a_clear_error(tmp_path):
+    proc = run_cli("play", "1-1", "--random", "--window", "--out", tmp_path / "w.mp4",
+                   drop_env=("DISPLAY", "WAYLAND_DISPLAY"))
+    assert_one_line_error(proc, "--window needs a display")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind

@@ -49,13 +49,13 @@ class VideoRecorder:
         self.gif_max = int(gif_seconds * fps / gif_every)
         self.gif_frames: list[np.ndarray] = []
         self.count = 0
+        self._viewer = _open_viewer() if window else None  # first: no display, no files left behind
         # ffmpeg picks the container from the extension, so the temp name keeps ".mp4".
         self._tmp_mp4 = self.mp4.with_name(f".{self.mp4.stem}.tmp.mp4")
         self._writer = imageio.get_writer(
             self._tmp_mp4, fps=fps, codec="libx264", quality=7, macro_block_size=1,
             ffmpeg_log_level="error",
         )
-        self._viewer = _open_viewer() if window else None
 
     def __call__(self, frame: np.ndarray) -> None:
         self._writer.append_data(frame)
