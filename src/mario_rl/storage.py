@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mario_rl.errors import UserError
@@ -85,8 +86,6 @@ def load_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor
     _refuse_pickle(path, head)
     try:
         tensors = load_file(path)
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
