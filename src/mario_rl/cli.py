@@ -151,12 +151,12 @@ def cmd_eval(args: list[str]) -> None:
     from mario_rl.envs import env_id
     from mario_rl.evaluate import evaluate
     from mario_rl.policy import load_policy
-    from mario_rl.storage import atomic_write
+    from mario_rl.storage import atomic_write, check_writable
 
     a = _parse(EvalArgs, args, "mario-rl eval")
     env_id(a.stage)
     if a.out is not None:
-        _check_writable(a.out)
+        check_writable(a.out)
     if a.video is not None:
         from mario_rl.video import check_output_path
 
@@ -179,16 +179,6 @@ def cmd_eval(args: list[str]) -> None:
               f"(clear rate {result['clear_rate']:.2f}, sticky {a.sticky}, no-ops 0..{a.noop_max}) | "
               f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
               f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1}")
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{path.name}.probe", "w"):
-            pass
-        (path.parent / f".{path.name}.probe").unlink()
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def cmd_bench(args: list[str]) -> None:

@@ -60,6 +60,21 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def check_writable(path: Path) -> Path:
+    """Fail early, with one line, if a file cannot be created at `path` (before any work is done)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+    if path.is_dir():
+        raise UserError(f"output path {path} is a folder")
+    return path
+
+
 def save_tensors(path: Path, tensors: dict, meta: dict) -> None:
     """Write tensors (numpy or torch) and a JSON-able dict to a safetensors file, atomically."""
     tensors = {k: _as_tensor(v) for k, v in tensors.items()}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mario_rl.errors import UserError
+from mario_rl.storage import check_writable
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -18,16 +18,7 @@ def check_output_path(out: Path) -> Path:
     out = Path(out)
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"output must end in .mp4 or .gif, got {str(out)!r}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    if out.is_dir():
-        raise UserError(f"output path {out} is a folder")
-    return out
+    return check_writable(out)
 
 
 class VideoRecorder:
