@@ -96,3 +96,28 @@ def test_gray_resize_of_a_foreign_rgb_frame_matches_the_native_path():
 def test_sticky_probability_checked():
     with pytest.raises(UserError, match="sticky probability must be in \\[0, 1\\), got 1.5"):
         make_env("1-1", sticky=1.5)
+
+
+def test_lean_info_changes_nothing_but_the_info():
+    """The vector workers' lean per-frame info gives the same episode, frame for frame."""
+    from mario_rl.envs import lean_info
+
+    def play(env):
+        rng = np.random.default_rng(7)
+        obs, info = env.reset(seed=5)
+        steps = [(obs.copy(), 0.0, False, info["x_pos"])]
+        for _ in range(400):
+            obs, reward, terminated, truncated, info = env.step(int(rng.integers(7)))
+            steps.append((obs.copy(), reward, terminated, info["x_pos"], info["flag_get"]))
+            if terminated or truncated:
+                break
+        return steps
+
+    full = play(make_env("1-1", "simple", sticky=0.25, noop_max=30))
+    lean_env = lean_info(make_env("1-1", "simple", sticky=0.25, noop_max=30))
+    lean = play(lean_env)
+    assert len(full) == len(lean) > 50
+    for a, b in zip(full, lean):
+        assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+    lean_env.reset(seed=1)
+    assert set(lean_env.step(0)[4]) == {"x_pos", "flag_get"}  # and the info really is the lean one

@@ -5,7 +5,7 @@ import torch
 from conftest import run_cli
 from mario_rl import make_vec_env
 from mario_rl.envs import finished_episodes
-from mario_rl.agents.ppo import PPOConfig, gae, ppo_loss
+from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss
 from mario_rl.errors import UserError
 
 
@@ -35,6 +35,28 @@ def test_clipped_loss_by_hand():
     assert ppo_loss(new, old, adv, 0.2).item() == pytest.approx((-1.2 + 0.8) / 2)
     # Inside the clip range it is the plain surrogate.
     assert ppo_loss(torch.log(torch.tensor([1.1])), torch.zeros(1), torch.tensor([2.0]), 0.2).item() == pytest.approx(-2.2)
+
+
+def test_micro_batches_give_the_minibatch_gradient():
+    from mario_rl.nets import ActorCritic
+
+    torch.manual_seed(0)
+    agent = ActorCritic(in_channels=4, n_actions=7, frame_size=84)
+    n = 40
+    batch = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 7, (n,)),
+             -2 + 0.1 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(n), torch.randn(n))
+
+    def grads(micro_batch):
+        agent.zero_grad()
+        parts = minibatch_backward(agent, PPOConfig(micro_batch=micro_batch), *batch)
+        return parts, [p.grad.clone() for p in agent.parameters()]
+
+    whole, g_whole = grads(n)
+    split, g_split = grads(16)  # chunks of 16, 16 and 8
+    assert torch.allclose(whole, split, atol=1e-5)
+    for a, b in zip(g_whole, g_split):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in g_whole)
 
 
 def test_vector_env_shapes_autoreset_and_statistics():

@@ -85,10 +85,10 @@ class BenchArgs:
     """agent steps of each timed training run"""
     burnin: int = 1000
     """burn-in steps of each timed training run"""
-    vec_envs: int = 8
+    vec_envs: int = 16
     """environments in the vector env and PPO measurements"""
-    ppo_steps: int = 8192
-    """agent steps of the timed PPO run (0 skips it)"""
+    ppo_steps: int = 10240
+    """agent steps of the timed PPO run, at least two updates of 128 steps per env (0 skips it)"""
     json: bool = False
     """print the results as JSON"""
 
@@ -189,6 +189,9 @@ def cmd_bench(args: list[str]) -> None:
         raise UserError("--seconds, --train-steps and --burnin must be positive")
     if a.vec_envs <= 0 or a.ppo_steps < 0:
         raise UserError("--vec-envs must be positive and --ppo-steps >= 0")
+    if 0 < a.ppo_steps < 2 * 128 * a.vec_envs:
+        raise UserError(f"--ppo-steps must be 0 or at least two PPO updates ({2 * 128 * a.vec_envs} steps "
+                        f"with {a.vec_envs} envs)")
     report = run_bench(seconds=a.seconds, tutorial=a.tutorial, train_steps=a.train_steps, burnin=a.burnin,
                        vec_envs=a.vec_envs, ppo_steps=a.ppo_steps, echo=None if a.json else print)
     print(json.dumps(report, indent=2) if a.json else format_report(report))

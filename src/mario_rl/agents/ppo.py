@@ -10,6 +10,7 @@ shared ones in training.py, as for DDQN.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +31,9 @@ class PPOConfig(TrainConfig):
 
     actions: str = "simple"
     """action set: right, right_only, simple or complex"""
-    envs: int = 2
-    """parallel emulators, one process each (use the number of cores)"""
-    num_steps: int = 256
+    envs: int = 16
+    """parallel emulators, one process each; several per core keep every core busy (bench: 16 on 2 cores)"""
+    num_steps: int = 128
     """steps per env in each rollout"""
     lr: float = 2.5e-4
     """Adam learning rate, annealed linearly to 0 when --anneal-lr"""
@@ -58,10 +59,12 @@ class PPOConfig(TrainConfig):
     """gradient clipping norm"""
     reward_scale: float = 0.05
     """rewards are multiplied by this (a 4-frame step can earn up to 60)"""
+    micro_batch: int = 128
+    """samples per forward/backward pass; a minibatch's gradient is summed over them (same update, less time)"""
 
     def validate(self) -> None:
         super().validate()
-        for name in ("envs", "num_steps", "num_minibatches", "update_epochs"):
+        for name in ("envs", "num_steps", "num_minibatches", "update_epochs", "micro_batch"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if (self.envs * self.num_steps) % self.num_minibatches:
@@ -98,13 +101,49 @@ def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: t
     return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
 
 
-def train(cfg: PPOConfig) -> Run:
-    """Train PPO on one stage; resumable; returns the finished Run."""
+def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, actions: torch.Tensor,
+                       old_logprob: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
+                       adv: torch.Tensor) -> torch.Tensor:
+    """Backpropagate one minibatch's PPO loss; return its [policy loss, value loss, entropy, clip fraction].
+
+    The gradient is summed over micro-batches of `cfg.micro_batch` samples, each
+    weighted by its share of the minibatch: the same gradient as one pass (a test
+    checks it), but convolutions on a CPU run about 30% faster per sample in chunks
+    of 64-128 than in one pass of 512, because the chunks stay in cache.
+    """
+    parts = torch.zeros(4)
+    for chunk in torch.arange(len(obs)).split(cfg.micro_batch):
+        logits, value = agent(obs[chunk])
+        # Categorical's log_prob and entropy, written out: torch.distributions checks its
+        # arguments on every call, which costs more than the arithmetic at these sizes.
+        logp = logits.log_softmax(1)
+        logprob = logp.gather(1, actions[chunk, None])[:, 0]
+        pg_loss = ppo_loss(logprob, old_logprob[chunk], adv[chunk], cfg.clip_coef)
+        if cfg.clip_vloss:
+            clipped = old_value[chunk] + (value - old_value[chunk]).clamp(-cfg.clip_coef, cfg.clip_coef)
+            v_loss = 0.5 * torch.max((value - returns[chunk]) ** 2, (clipped - returns[chunk]) ** 2).mean()
+        else:
+            v_loss = 0.5 * ((value - returns[chunk]) ** 2).mean()
+        entropy = -(logp.exp() * logp).sum(1).mean()
+        share = len(chunk) / len(obs)  # micro-batch means, weighted into the minibatch's mean
+        (share * (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss)).backward()
+        with torch.no_grad():
+            clipfrac = ((logprob - old_logprob[chunk]).exp().sub(1).abs() > cfg.clip_coef).float().mean()
+            parts += share * torch.stack([pg_loss, v_loss, entropy, clipfrac])
+    return parts
+
+
+def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> Run:
+    """Train PPO on one stage; resumable; returns the finished Run.
+
+    `after_update(step)`, if given, is called after every update (the benchmark times the loop with it).
+    """
     cfg.algo = "ppo"
     run = Run(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
     pre = Preprocessing(cfg.actions)
     envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max)
     n_actions = int(envs.single_action_space.n)
@@ -150,9 +189,9 @@ def train(cfg: PPOConfig) -> Run:
                 obs_buf[t], dones[t] = next_obs, next_done
                 with torch.no_grad():
                     logits, value = agent(next_obs)
-                dist = torch.distributions.Categorical(logits=logits)
-                action = dist.sample()
-                actions[t], logprobs[t], values[t] = action, dist.log_prob(action), value
+                    logp = logits.log_softmax(1)
+                    action = torch.multinomial(logp.exp(), 1)[:, 0]
+                actions[t], logprobs[t], values[t] = action, logp.gather(1, action[:, None])[:, 0], value
                 obs, reward, terminated, truncated, info = envs.step(action.numpy())
                 rewards[t] = torch.from_numpy(np.asarray(reward, np.float32)) * cfg.reward_scale
                 next_obs = torch.from_numpy(obs)
@@ -173,30 +212,22 @@ def train(cfg: PPOConfig) -> Run:
             clipfracs = []
             for _ in range(cfg.update_epochs):
                 for mb in torch.randperm(batch_size).split(minibatch):
-                    logits, new_value = agent(b_obs[mb])
-                    dist = torch.distributions.Categorical(logits=logits)
-                    new_logprob = dist.log_prob(b_actions[mb])
                     adv = b_adv[mb]
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                    pg_loss = ppo_loss(new_logprob, b_logprobs[mb], adv, cfg.clip_coef)
-                    if cfg.clip_vloss:
-                        v_clipped = b_val[mb] + (new_value - b_val[mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                        v_loss = 0.5 * torch.max((new_value - b_ret[mb]) ** 2, (v_clipped - b_ret[mb]) ** 2).mean()
-                    else:
-                        v_loss = 0.5 * ((new_value - b_ret[mb]) ** 2).mean()
-                    entropy = dist.entropy().mean()
-                    loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    parts = minibatch_backward(agent, cfg, b_obs[mb], b_actions[mb], b_logprobs[mb], b_val[mb],
+                                               b_ret[mb], adv)
                     nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                     optimizer.step()
-                    with torch.no_grad():
-                        clipfracs.append(((new_logprob - b_logprobs[mb]).exp().sub(1).abs() > cfg.clip_coef).float().mean().item())
+                    clipfracs.append(parts[3].item())
+            pg_loss, v_loss, entropy = parts[:3]
             stats = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
                      "clipfrac": float(np.mean(clipfracs)), "lr": optimizer.param_groups[0]["lr"]}
             run.log_scalars(step, "losses", **stats)
             run.log_scalars(step, "charts", SPS=run.progress.sps)
             run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"])
+            if after_update is not None:
+                after_update(step)
             if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:
                 save(step)
         run.finish(step, start_step, t_loop, save)
