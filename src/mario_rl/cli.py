@@ -4,6 +4,7 @@
     mario-rl train STAGE --algo ddqn|ppo [--steps N] [--run-dir DIR] [--resume] [--burnin ...|--envs N ...]
     mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json]
     mario-rl bench [--seconds S] [--tutorial]
+    mario-rl explore STAGE [--minutes M] [--workers N] --out DIR
 
 Bad input ends with one line, `error: ...`, and exit code 2.
 """
@@ -197,7 +198,32 @@ def cmd_bench(args: list[str]) -> None:
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
 
-COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_explore(args: list[str]) -> None:
+    from mario_rl.explore import ExploreConfig, run_explore
+
+    @dataclass
+    class ExploreArgs(ExploreConfig):
+        """Search a stage over emulator save states for a path to the flag; write it as a demonstration."""
+
+        out: Path = Path("explore")
+        """folder for demo.json (or furthest.json when no flag was found), explore.json and the videos"""
+        video: bool = True
+        """record the demonstration's replay as MP4 + GIF"""
+
+    a = _parse(ExploreArgs, args, "mario-rl explore")
+    cfg = ExploreConfig(**{k: getattr(a, k) for k in ExploreConfig.__dataclass_fields__})
+    result = run_explore(cfg, a.out, video=a.video)
+    if result.solved:
+        print(f"{cfg.stage}: flag reached after {result.frames_played:,} frames explored in {result.seconds:.0f} s "
+              f"({result.cells:,} cells); demonstration of {len(result.frames):,} frames verified by replay: "
+              f"{a.out / 'demo.json'}")
+    else:
+        print(f"{cfg.stage}: no flag in {cfg.minutes:g} min ({result.frames_played:,} frames, {result.cells:,} cells); "
+              f"best x {result.best_x}; the furthest path is in {a.out / 'furthest.json'}")
+        sys.exit(1)
+
+
+COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore}
 USAGE = __doc__.split("\n\n")[1]
 
 
