@@ -178,6 +178,58 @@ BUTTONS = {"right": 0x80, "left": 0x40, "down": 0x20, "up": 0x10, "start": 0x08,
            "B": 0x02, "A": 0x01, "NOOP": 0x00}
 
 
+class DemoStart(gym.Wrapper):
+    """Start episodes from states along a demonstration (Salimans and Chen, 2018, "backward" starts).
+
+    At construction the demonstration is replayed once on the base env, keeping an
+    emulator snapshot every `stride` frames. A reset then, unless told to start
+    from the beginning, restores a snapshot picked uniformly from the window set by
+    `set_demo_window(lo, hi)` (snapshot indices); the learner moves the window back
+    towards the start as the agent learns to finish from it. `p_reset` of the
+    resets (and every reset while the window is empty) are ordinary ones, no-op
+    start included. info["demo_start"] is the frame the episode started from.
+    Wrap it above StickyButtons and NoopStart: the perturbations apply after a
+    restored start as they do after a reset.
+    """
+
+    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1):
+        from mario_rl.curriculum import DEMO_STRIDE
+
+        super().__init__(env)
+        stride = stride or DEMO_STRIDE
+        self.stride, self.p_reset = int(stride), float(p_reset)
+        base = env.unwrapped
+        base.reset(seed=demo["seed"])
+        self.snapshots = [base.dump_state()]
+        for i, b in enumerate(demo["frames"][:-1]):  # never a snapshot at the (terminal) flag frame
+            _, _, terminated, truncated, _ = base.step(int(b))
+            if terminated or truncated:
+                raise UserError(f"the demonstration ends at frame {i + 1}, before its last frame")
+            if (i + 1) % self.stride == 0:
+                self.snapshots.append(base.dump_state())
+        self.window = (0, -1)
+        self._rng = np.random.default_rng()
+
+    def set_demo_window(self, lo: int, hi: int) -> None:
+        self.window = (int(lo), int(hi))
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng([seed, 3])
+        obs, info = self.env.reset(seed=seed, options=options)
+        lo, hi = self.window
+        start = 0
+        if hi >= lo and self._rng.random() >= self.p_reset:
+            i = int(self._rng.integers(lo, hi + 1))
+            base = self.env.unwrapped
+            base.load_state(self.snapshots[i])
+            # The game keeps reward bookkeeping (x reached, clock, score) outside the emulator;
+            # its own after-reset hook re-reads it from the restored RAM.
+            base._did_reset()
+            obs, info, start = base.screen, base._get_info(), i * self.stride
+        return obs, {**info, "demo_start": start}
+
+
 def action_bytes(actions: str) -> list[int]:
     """The controller byte of each action of an action set."""
     return [sum(BUTTONS[b] for b in combo) for combo in check_action_set(actions)]
@@ -268,8 +320,12 @@ def make_base_env(
     noop_max: int = 0,
     render_mode: str | None = None,
     frame_sink: Callable[[np.ndarray], None] | None = None,
+    demo: dict | None = None,
 ) -> gym.Env:
-    """The raw game with the protocol's perturbations: byte actions, one emulator frame per step."""
+    """The raw game with the protocol's perturbations: byte actions, one emulator frame per step.
+
+    With a `demo`, resets can also start from states along it (DemoStart).
+    """
     import gym_super_mario_bros  # registers the ids; imported late because it loads ROM code
 
     env = gym_super_mario_bros.make(env_id(stage), render_mode=render_mode)
@@ -279,6 +335,8 @@ def make_base_env(
         env = StickyButtons(env, sticky)
     if noop_max:
         env = NoopStart(env, noop_max)
+    if demo is not None:
+        env = DemoStart(env, demo)
     return env
 
 
@@ -293,6 +351,7 @@ def make_env(
     noop_max: int = 0,
     render_mode: str | None = None,
     frame_sink: Callable[[np.ndarray], None] | None = None,
+    demo: dict | None = None,
 ) -> gym.Env:
     """A Gymnasium env for one stage ("1-1" ... "8-4") or the whole game ("game").
 
@@ -302,7 +361,7 @@ def make_env(
     """
     pre = Preprocessing(actions, frame_skip, frame_size, frame_stack)
     base = make_base_env(
-        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink
+        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink, demo=demo
     )
     return wrap_preprocessing(base, pre)
 
@@ -322,11 +381,12 @@ class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env):
         gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
-        self._r, self._l, self._x = 0.0, 0, 0
+        self._r, self._l, self._x, self._start = 0.0, 0, 0, 0
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         self._r, self._l, self._x = 0.0, 0, int(info.get("x_pos", 0))
+        self._start = int(info.get("demo_start", 0))
         return obs, {"x_pos": self._x, "flag_get": False}
 
     def step(self, action):
@@ -338,7 +398,7 @@ class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
         out = {"x_pos": x, "flag_get": flag}
         # A flag ends the episode for a single stage; in "game" it would go on to the next stage.
         if terminated or truncated:
-            out["episode"] = {"r": self._r, "l": self._l, "x": self._x, "flag": int(flag)}
+            out["episode"] = {"r": self._r, "l": self._l, "x": self._x, "flag": int(flag), "start": self._start}
         return obs, reward, terminated, truncated, out
 
 
@@ -359,12 +419,12 @@ def lean_info(env: gym.Env) -> gym.Env:
     return env
 
 
-def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int) -> gym.Env:
-    return EpisodeStats(lean_info(make_env(stage, actions, sticky=sticky, noop_max=noop_max)))
+def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None) -> gym.Env:
+    return EpisodeStats(lean_info(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo)))
 
 
 def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", *, sticky: float = 0.0,
-                 noop_max: int = 0, asynchronous: bool = True) -> gym.vector.VectorEnv:
+                 noop_max: int = 0, asynchronous: bool = True, demo: dict | None = None) -> gym.vector.VectorEnv:
     """`num_envs` copies of make_env, one emulator process each, observations in shared memory.
 
     Autoreset happens in the same step (Gymnasium's SAME_STEP mode): when an episode
@@ -378,7 +438,7 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
     check_action_set(actions)
     if num_envs < 1:
         raise UserError(f"num_envs must be positive, got {num_envs}")
-    fns = [partial(_vector_worker_env, stage, actions, sticky, noop_max) for _ in range(num_envs)]
+    fns = [partial(_vector_worker_env, stage, actions, sticky, noop_max, demo) for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if not asynchronous:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)

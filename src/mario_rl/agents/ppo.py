@@ -10,8 +10,10 @@ shared ones in training.py, as for DDQN.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,6 +63,12 @@ class PPOConfig(TrainConfig):
     """rewards are multiplied by this (a 4-frame step can earn up to 60)"""
     micro_batch: int = 128
     """samples per forward/backward pass; a minibatch's gradient is summed over them (same update, less time)"""
+    demo: Path | None = None
+    """a demonstration (mario-rl explore's demo.json): start episodes along it, moving back as the agent learns"""
+    demo_back: int = 8
+    """demonstration start states (16 frames apart) the start moves back each time"""
+    demo_success: float = 0.5
+    """clear rate from the current starts that moves them back"""
 
     def validate(self) -> None:
         super().validate()
@@ -71,6 +79,8 @@ class PPOConfig(TrainConfig):
             raise UserError("--envs x --num-steps must be divisible by --num-minibatches")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.demo_back <= 0 or not 0 < self.demo_success <= 1:
+            raise UserError("--demo-back must be positive and --demo-success in (0, 1]")
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
@@ -145,7 +155,20 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
     pre = Preprocessing(cfg.actions)
-    envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max)
+    demo, curriculum = None, None
+    if cfg.demo is not None:
+        from mario_rl.curriculum import BackwardCurriculum, demo_starts
+        from mario_rl.explore import load_demo, save_demo
+
+        # The run keeps its own copy, so that --resume does not depend on the original file.
+        copy = run.dir / "demo.json"
+        demo = load_demo(copy if copy.exists() else Path(cfg.demo))
+        if demo["stage"] != cfg.stage:
+            raise UserError(f"{cfg.demo} is a demonstration of {demo['stage']}, not {cfg.stage}")
+        save_demo(copy, demo)
+        curriculum = BackwardCurriculum(demo_starts(len(demo["frames"])), back=cfg.demo_back,
+                                        success=cfg.demo_success)
+    envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo)
     n_actions = int(envs.single_action_space.n)
     net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
     agent = ActorCritic(**net_kwargs)
@@ -159,12 +182,15 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
         optimizer.load_state_dict(unflatten_state(state["optim"], tensors))
         set_torch_rng(tensors)
         step, episode = state["step"], state["episode"]
+        if curriculum is not None and "curriculum" in state:
+            curriculum.lo, curriculum.done = state["curriculum"]["lo"], state["curriculum"]["done"]
         print(f"resumed {run.dir} at step {step:,} (episode {episode})", flush=True)
 
     def save(step: int) -> None:
         tensors = {f"agent.{k}": v for k, v in agent.state_dict().items()} | torch_rng_tensors()
         optim = flatten_state("optim", optimizer.state_dict(), tensors)
-        run.save_checkpoint(step, tensors, {"optim": optim, "episode": episode})
+        extra = {"curriculum": {"lo": curriculum.lo, "done": curriculum.done}} if curriculum is not None else {}
+        run.save_checkpoint(step, tensors, {"optim": optim, "episode": episode, **extra})
         save_policy(run.policy_path, agent, algorithm="ppo", network="ActorCritic",
                     network_kwargs=net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step)
         run.record_video(greedy, step)
@@ -176,6 +202,9 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
     obs_buf = torch.zeros((cfg.num_steps, cfg.envs, *envs.single_observation_space.shape), dtype=torch.uint8)
     actions = torch.zeros((cfg.num_steps, cfg.envs), dtype=torch.long)
     logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
+    reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
+    if curriculum is not None:
+        envs.call("set_demo_window", *curriculum.window())
     next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
     next_obs = torch.from_numpy(next_obs)
     next_done = torch.zeros(cfg.envs)
@@ -202,6 +231,10 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
                     episode += 1
                     run.log_episode(step, episode=episode, **{"return": round(float(ep["r"]), 3)},
                                     length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]))
+                    if int(ep["start"]) == 0:
+                        reset_flags.append(int(ep["flag"]))
+                    if curriculum is not None and curriculum.record(int(ep["start"]), bool(ep["flag"])):
+                        envs.call("set_demo_window", *curriculum.window())
             with torch.no_grad():
                 next_value = agent(next_obs)[1]
             advantages, returns = gae(rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda)
@@ -225,7 +258,12 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
                      "clipfrac": float(np.mean(clipfracs)), "lr": optimizer.param_groups[0]["lr"]}
             run.log_scalars(step, "losses", **stats)
             run.log_scalars(step, "charts", SPS=run.progress.sps)
-            run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"])
+            demo_status = {}
+            if curriculum is not None:
+                run.log_scalars(step, "charts", demo_start_frame=curriculum.start_frame)
+                demo_status = {"start": "reset" if curriculum.done else f"frame {curriculum.start_frame}",
+                               "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
+            run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"], **demo_status)
             if after_update is not None:
                 after_update(step)
             if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:

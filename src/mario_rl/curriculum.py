@@ -1,0 +1,77 @@
+"""Learning from one demonstration by moving the start backwards (Salimans and Chen, 2018).
+
+An exploration result (mario_rl.explore) shows that a path to the flag exists, but
+replaying it is not an agent: under sticky actions an open-loop replay falls off
+the first ledge it is late for. So the policy is trained with ordinary PPO under
+the protocol's perturbations, and the demonstration only chooses where episodes
+*start*. First near the flag, where a few random presses finish the stage; once
+the agent clears often enough from there, the start moves back along the
+demonstration, until the agent plays the whole stage from a real reset, no-op
+start included. Each stretch it must learn is short, and the stretch after it is
+one it can already do.
+
+`BackwardCurriculum` is that bookkeeping; envs.DemoStart restores the states and
+agents.ppo trains with `--demo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEMO_STRIDE = 16
+"""frames between the demonstration states episodes can start from"""
+
+
+def demo_starts(frames: int, stride: int = DEMO_STRIDE) -> int:
+    """Start states of a demonstration of `frames` frames: frame 0, stride, 2 stride, ... before the last frame."""
+    return 1 + max(frames - 1, 0) // stride
+
+
+@dataclass
+class BackwardCurriculum:
+    """Which start states episodes use, moved back as the agent clears from them."""
+
+    starts: int
+    """start states along the demonstration (index 0 is the reset state)"""
+    span: int = 4
+    """start states in the window, from `lo` on"""
+    back: int = 8
+    """start states the window moves back each time the agent clears often enough"""
+    success: float = 0.5
+    """clear rate, over episodes started in the window, that moves it back"""
+    min_episodes: int = 16
+    """episodes started in the window before its clear rate counts"""
+    lo: int = -1
+    """first start state of the window (-1: the last one); 0 and done: only real resets"""
+    done: bool = False
+
+    def __post_init__(self):
+        if self.lo < 0:
+            self.lo = max(0, self.starts - 1)
+        self._episodes = self._clears = 0
+
+    def window(self) -> tuple[int, int]:
+        """(lo, hi) start-state indices for DemoStart; (0, -1) once done: real resets only."""
+        if self.done:
+            return 0, -1
+        return self.lo, min(self.lo + self.span - 1, self.starts - 1)
+
+    def record(self, start_frame: int, cleared: bool, stride: int = DEMO_STRIDE) -> bool:
+        """Count one finished episode; return True when the window moved."""
+        lo, hi = self.window()
+        if self.done or not (start_frame > 0 or lo == 0) or not lo <= start_frame // stride <= hi:
+            return False
+        self._episodes += 1
+        self._clears += int(cleared)
+        if self._episodes < self.min_episodes or self._clears < self.success * self._episodes:
+            return False
+        if self.lo == 0:
+            self.done = True
+        self.lo = max(0, self.lo - self.back)
+        self._episodes = self._clears = 0
+        return True
+
+    @property
+    def start_frame(self) -> int:
+        """The earliest frame episodes start from now (0 once done)."""
+        return 0 if self.done else self.lo * DEMO_STRIDE

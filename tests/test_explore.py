@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from mario_rl.curriculum import DEMO_STRIDE, BackwardCurriculum, demo_starts
+from mario_rl.explore import ExploreConfig, Explorer, replay
+from mario_rl.envs import DemoStart, make_base_env
+
+RIGHT = 0x80  # the controller byte for "right"
+
+
+def test_explorer_paths_replay_to_their_cells():
+    """Cells are reached by chaining snapshots; replaying a cell's frames from reset must land there too."""
+    explorer = Explorer(ExploreConfig("1-1", moves=30, seed=3))
+    for _ in range(40):
+        explorer.round()
+    assert len(explorer.archive) > 20
+    best = explorer.best
+    assert best.x > 100 and len(best.frames) > 0
+    check = replay({"stage": "1-1", "seed": 3, "frames": list(best.frames)})
+    assert check["frames"] == len(best.frames) and not check["ended"]
+    # x is the furthest point of the replay; the cell's x is where the path ends.
+    assert check["x"] >= best.x
+    explorer.env.reset(seed=3)
+    for b in best.frames:
+        explorer.env.step(b)
+    assert explorer._x() == best.x
+
+
+def test_backward_curriculum_moves_back_only_on_success():
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
+    assert c.window() == (29, 29) and c.start_frame == 29 * DEMO_STRIDE
+    for _ in range(4):
+        assert not c.record(29 * DEMO_STRIDE, cleared=False)  # failures never move it
+    assert c.window() == (29, 29)
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
+    moved = [c.record(29 * DEMO_STRIDE + 3, cleared=i % 2 == 0) for i in range(4)]
+    assert moved == [False, False, False, True] and c.window() == (21, 24)
+    assert not c.record(0, cleared=True)  # a real reset is not a start in the window
+    assert not c.record(29 * DEMO_STRIDE, cleared=True)  # nor a start behind it
+    for lo in (13, 5, 0):
+        for _ in range(4):
+            c.record(c.lo * DEMO_STRIDE, cleared=True)
+        assert c.lo == lo
+    for _ in range(4):
+        c.record(0, cleared=True)  # at the start, real resets count
+    assert c.done and c.window() == (0, -1) and c.start_frame == 0
+    assert demo_starts(1) == 1 and demo_starts(17) == 2 and demo_starts(33) == 3
+
+
+def test_demo_start_restores_states_along_the_demonstration():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0)
+    assert len(env.snapshots) == demo_starts(100) == 7
+    # Where the demonstration is after 64 frames, by plain replay:
+    ref = make_base_env("1-1")
+    ref.reset(seed=0)
+    for _ in range(64):
+        _, _, _, _, info = ref.step(RIGHT)
+    env.set_demo_window(4, 4)
+    obs, info_start = env.reset(seed=1)
+    assert info_start["demo_start"] == 64 and info_start["x_pos"] == info["x_pos"] > 40
+    assert np.array_equal(obs, ref.unwrapped.screen)
+    # The game's reward bookkeeping follows the restored state, not the previous episode's.
+    assert env.unwrapped._x_position_max == info_start["x_pos"]
+    _, reward, _, _, _ = env.step(0)
+    assert 0 <= reward <= 5  # momentum carries Mario a pixel or two
+    env.set_demo_window(0, -1)  # empty window: ordinary resets
+    _, info = env.reset(seed=2)
+    assert info["demo_start"] == 0 and info["x_pos"] < 60
+
+
+def test_explore_cli_writes_a_replayable_path(tmp_path):
+    out = tmp_path / "ex"
+    proc = run_cli("explore", "1-1", "--minutes", 0.15, "--workers", 1, "--out", out, "--no-video")
+    # Nine seconds cannot reach the flag: exit code 1, and the furthest path is written.
+    assert proc.returncode == 1, proc.stderr
+    assert "no flag" in proc.stdout
+    path = json.loads((out / "furthest.json").read_text())
+    assert set(path) == {"stage", "seed", "frames"} and len(path["frames"]) > 0
+    summary = json.loads((out / "explore.json").read_text())
+    assert summary["replay"]["frames"] == len(path["frames"]) and summary["best_x"] > 40
+
+
+@pytest.mark.parametrize("args", [["9-1"], ["game"], ["1-1", "--minutes", "0"], ["1-1", "--actions", "warp"]])
+def test_explore_bad_input(tmp_path, args):
+    proc = run_cli("explore", *args, "--out", tmp_path / "ex")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
+    demo = tmp_path / "demo.json"
+    demo.write_text(json.dumps({"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}))
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--actions", "complex", "--envs", 2,
+                   "--num-steps", 32, "--steps", 128, "--checkpoint-every", 64, "--video-steps", 0,
+                   "--sticky", 0.25, "--run-dir", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "start frame" in proc.stdout or "start reset" in proc.stdout
+    assert json.loads((run_dir / "demo.json").read_text())["frames"] == [RIGHT] * 120
+    from mario_rl.storage import load_tensors
+
+    _, state = load_tensors(run_dir / "checkpoint.safetensors", "checkpoint")
+    assert 0 <= state["curriculum"]["lo"] < demo_starts(120)
+    wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
+    assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
