@@ -172,7 +172,7 @@ def bench_ppo(steps: int, num_envs: int, ceiling: Ceiling | None = None, turn_se
     marks: list[tuple[int, float]] = []
     paused = 0.0
 
-    def after_update(step: int) -> None:
+    def after_update(step: int, status: dict) -> None:
         nonlocal paused
         marks.append((step, time.perf_counter() - paused))
         if ceiling is not None and len(marks) > 1:

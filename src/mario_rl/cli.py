@@ -5,6 +5,7 @@
     mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json]
     mario-rl bench [--seconds S] [--tutorial]
     mario-rl explore STAGE [--minutes M] [--workers N] --out DIR
+    mario-rl solve STAGE [--out DIR] [--explore-minutes M] [--steps N]
 
 Bad input ends with one line, `error: ...`, and exit code 2.
 """
@@ -223,7 +224,25 @@ def cmd_explore(args: list[str]) -> None:
         sys.exit(1)
 
 
-COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore}
+def cmd_solve(args: list[str]) -> None:
+    from mario_rl.solve import SolveConfig, SolveFailed, solve
+
+    cfg = _parse(SolveConfig, args, "mario-rl solve")
+    try:
+        r = solve(cfg)
+    except SolveFailed as e:
+        print(f"{cfg.stage}: not solved: {e}")
+        sys.exit(1)
+    t = r["timings"]
+    print(f"{cfg.stage}: cleared {r['clears']}/{r['episodes']} under PROTOCOL.md (seeds {r['seeds'][0]}..{r['seeds'][-1]})"
+          f" -> {'PASSED' if r['passed'] else 'not passed'} | explore {t['explore_s']:.0f} s, train {t['train_s']:.0f} s, "
+          f"total {t['total_s'] / 60:.1f} min")
+    if not r["passed"]:
+        sys.exit(1)
+
+
+COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore,
+            "solve": cmd_solve}
 USAGE = __doc__.split("\n\n")[1]
 
 

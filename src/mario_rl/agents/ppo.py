@@ -143,10 +143,14 @@ def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, acti
     return parts
 
 
-def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> Run:
+def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | None = None) -> Run:
     """Train PPO on one stage; resumable; returns the finished Run.
 
-    `after_update(step)`, if given, is called after every update (the benchmark times the loop with it).
+    `after_update(step, status)`, if given, is called after every update; training stops
+    early when it returns True. status: "reset_flags" (clears of the latest episodes that
+    began at a real reset), "demo_done" (the demonstration curriculum has reached the
+    start, or there is none) and "save_policy" (writes the current policy file, returns
+    its path). The benchmark times the loop with it; `mario-rl solve` evaluates with it.
     """
     cfg.algo = "ppo"
     run = Run(cfg)
@@ -191,9 +195,13 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
         optim = flatten_state("optim", optimizer.state_dict(), tensors)
         extra = {"curriculum": {"lo": curriculum.lo, "done": curriculum.done}} if curriculum is not None else {}
         run.save_checkpoint(step, tensors, {"optim": optim, "episode": episode, **extra})
+        save_current_policy(step)
+        run.record_video(greedy, step)
+
+    def save_current_policy(step: int) -> Path:
         save_policy(run.policy_path, agent, algorithm="ppo", network="ActorCritic",
                     network_kwargs=net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step)
-        run.record_video(greedy, step)
+        return run.policy_path
 
     @torch.no_grad()
     def greedy(obs: np.ndarray) -> int:
@@ -265,7 +273,10 @@ def train(cfg: PPOConfig, after_update: Callable[[int], None] | None = None) -> 
                                "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
             run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"], **demo_status)
             if after_update is not None:
-                after_update(step)
+                status = {"reset_flags": list(reset_flags), "demo_done": curriculum is None or curriculum.done,
+                          "save_policy": lambda: save_current_policy(step)}
+                if after_update(step, status):
+                    break
             if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:
                 save(step)
         run.finish(step, start_step, t_loop, save)

@@ -1,0 +1,126 @@
+"""`mario-rl solve STAGE`: explore, learn, evaluate, record; resumable at every stage.
+
+1. explore (mario_rl.explore) until a demonstration reaches the flag, unless the
+   output folder already holds one that replays to the flag;
+2. PPO from the demonstration's states (agents.ppo with --demo, mario_rl.curriculum),
+   under the protocol's sticky actions and no-op starts, resuming the run in the
+   folder if there is one;
+3. whenever the start has reached the real reset and at least 18 of the latest 20
+   training episodes from a real reset cleared, the current policy is evaluated
+   under PROTOCOL.md on fresh seeds; training stops at the first pass;
+4. the final evaluation, on its own seeds, goes to eval.json, with a video.
+
+Folder: explore/ (demo.json, explore.json, videos), run/ (the PPO run),
+policy.safetensors, eval.json, eval.mp4 and eval.gif.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from mario_rl.errors import UserError
+from mario_rl.storage import atomic_write
+
+
+@dataclass
+class SolveConfig:
+    """Options of `mario-rl solve`."""
+
+    stage: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="STAGE")] = "1-1"
+    """stage to solve: 1-1 ... 8-4"""
+    out: Path | None = None
+    """folder for everything (default: solutions/<stage>); solve resumes from what it holds"""
+    explore_minutes: float = 10.0
+    """wall-clock limit of the search for a demonstration"""
+    steps: int = 2_000_000
+    """PPO agent-step budget (also the length of its learning-rate schedule)"""
+    envs: int = 16
+    """PPO's parallel emulators"""
+    actions: str = "complex"
+    """buttons for both the search and the policy"""
+    sticky: float = 0.25
+    """frame-level sticky actions while training and evaluating (PROTOCOL.md: 0.25)"""
+    noop_max: int = 30
+    """no-op frames at reset while training and evaluating (PROTOCOL.md: 30)"""
+    seed: int = 0
+    """seed of the search and of the training run"""
+    eval_seed: int = 1000
+    """first seed of the final evaluation (checks during training use other seeds)"""
+    checkpoint_every: int = 50_000
+    """agent steps between PPO checkpoints"""
+
+
+def solve(cfg: SolveConfig, echo=print) -> dict:
+    from mario_rl.agents.ppo import PPOConfig, train
+    from mario_rl.envs import env_id
+    from mario_rl.evaluate import PROTOCOL, evaluate
+    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore
+    from mario_rl.policy import load_policy
+
+    env_id(cfg.stage)
+    if cfg.stage == "game":
+        raise UserError("solve works on one stage at a time (1-1 ... 8-4), not on game")
+    out = Path(cfg.out or Path("solutions") / cfg.stage)
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+
+    # 1. A demonstration.
+    demo_path = out / "explore" / "demo.json"
+    if demo_path.exists() and replay(load_demo(demo_path))["flag"]:
+        echo(f"using the demonstration in {demo_path}")
+    else:
+        echo(f"exploring {cfg.stage} for up to {cfg.explore_minutes:g} minutes ...")
+        result = run_explore(ExploreConfig(cfg.stage, minutes=cfg.explore_minutes, actions=cfg.actions,
+                                           seed=cfg.seed), out / "explore", echo=echo)
+        if not result.solved:
+            raise SolveFailed(f"no path to the flag found in {cfg.explore_minutes:g} minutes "
+                              f"(best x {result.best_x}); see {out / 'explore'}")
+        echo(f"demonstration found: {len(result.frames):,} frames after {result.seconds:.0f} s of search")
+    timings["explore_s"] = time.monotonic() - t0
+
+    # 2-3. PPO from the demonstration, stopping at the first protocol pass.
+    run_dir = out / "run"
+    checks: list[dict] = []
+
+    def after_update(step: int, status: dict) -> bool:
+        flags = status["reset_flags"]
+        if not status["demo_done"] or len(flags) < 20 or sum(flags) < 18:
+            return False
+        policy = load_policy(status["save_policy"]())
+        seed = 100_000 + 1000 * len(checks)
+        r = evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=seed)
+        checks.append({"step": step, "seed": seed, "clears": r["clears"], "episodes": r["episodes"]})
+        echo(f"check at step {step:,}: cleared {r['clears']}/{r['episodes']} (seeds {seed}..{seed + 19})")
+        return r["clears"] >= 18
+
+    ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
+                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, run_dir=run_dir,
+                    resume=(run_dir / "checkpoint.safetensors").exists(), checkpoint_every=cfg.checkpoint_every,
+                    video_steps=1500)
+    t1 = time.monotonic()
+    run = train(ppo, after_update=after_update)
+    timings["train_s"] = time.monotonic() - t1
+
+    # 4. The final evaluation, on seeds no check used.
+    policy_path = out / "policy.safetensors"
+    atomic_write(policy_path, lambda tmp: Path(tmp).write_bytes(run.policy_path.read_bytes()))
+    policy = load_policy(policy_path)
+    echo(f"evaluating under PROTOCOL.md, seeds {cfg.eval_seed}..{cfg.eval_seed + 19} ...")
+    result = evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=cfg.eval_seed,
+                      video=out / "eval.mp4")
+    timings["total_s"] = time.monotonic() - t0
+    result |= {"checks": checks, "timings": timings, "protocol": PROTOCOL,
+               "passed": result["clears"] >= 18 and cfg.sticky == PROTOCOL["sticky"]
+               and cfg.noop_max == PROTOCOL["noop_max"]}
+    atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    return result
+
+
+class SolveFailed(Exception):
+    """The stage was not solved (the reason is the message); not a usage error."""
