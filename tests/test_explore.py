@@ -106,3 +106,22 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     assert 0 <= state["curriculum"]["lo"] < demo_starts(120)
     wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
     assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
+
+
+def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
+    """solve with a demonstration already in its folder: no search, a tiny PPO run, the evaluation files."""
+    import shutil
+    from pathlib import Path
+
+    out = tmp_path / "sol"
+    (out / "explore").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "1-1-demo.json", out / "explore" / "demo.json")
+    proc = run_cli("solve", "1-1", "--out", out, "--steps", 128, "--envs", 2, "--checkpoint-every", 64,
+                   "--eval-episodes", 1)
+    assert "using the demonstration" in proc.stdout, proc.stderr
+    # 128 steps of PPO do not clear 1-1: exit code 1, and the files say so.
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads((out / "eval.json").read_text())
+    assert result["episodes"] == 1 and result["seeds"] == [1000] and result["passed"] is False
+    assert (out / "policy.safetensors").exists() and (out / "eval.mp4").exists()
+    assert (out / "run" / "checkpoint.safetensors").exists()
