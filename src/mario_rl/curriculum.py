@@ -37,7 +37,7 @@ class BackwardCurriculum:
     """start states in the window, from `lo` on"""
     back: int = 8
     """start states the window moves back each time the agent clears often enough"""
-    success: float = 0.5
+    success: float = 0.2
     """clear rate, over episodes started in the window, that moves it back"""
     min_episodes: int = 16
     """episodes started in the window before its clear rate counts"""
