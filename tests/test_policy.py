@@ -106,3 +106,29 @@ def test_no_bundled_policy_message():
     if bundled_policy_path("8-4") is None:
         with pytest.raises(UserError, match="no bundled policy for stage 8-4"):
             load_policy("8-4")
+
+
+def test_sampling_policy_is_seeded_and_greedy_is_not_random(tmp_path):
+    import torch
+
+    from mario_rl.envs import Preprocessing
+    from mario_rl.nets import ActorCritic
+    from mario_rl.policy import load_policy, save_policy
+
+    net = ActorCritic(in_channels=4, n_actions=12, frame_size=84)
+    path = tmp_path / "p.safetensors"
+    save_policy(path, net, algorithm="ppo", network="ActorCritic",
+                network_kwargs={"in_channels": 4, "n_actions": 12, "frame_size": 84},
+                preprocessing=Preprocessing("complex"), stage="1-1", steps=0, extra={"act": "sample"})
+    obs = np.zeros((4, 84, 84), np.uint8)
+    p = load_policy(path)
+    assert p.mode == "sample"
+    p.seed(5)
+    a = [p.act(obs) for _ in range(40)]
+    p.seed(5)
+    assert [p.act(obs) for _ in range(40)] == a and len(set(a)) > 3  # near-uniform at init
+    g = load_policy(path, "greedy")
+    assert len({g.act(obs) for _ in range(10)}) == 1
+    with pytest.raises(UserError):
+        load_policy(path, "softmax")
+    assert torch.is_grad_enabled()

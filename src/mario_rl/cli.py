@@ -69,6 +69,8 @@ class EvalArgs:
     """seed of the first episode"""
     json: bool = False
     """print the full result as JSON"""
+    act: str | None = None
+    """greedy or sample (default: what the policy file says, greedy if nothing)"""
     out: Path | None = None
     """also write the result JSON to this file"""
     video: Path | None = None
@@ -163,7 +165,7 @@ def cmd_eval(args: list[str]) -> None:
         from mario_rl.video import check_output_path
 
         check_output_path(a.video)
-    policy = load_policy(a.policy)
+    policy = load_policy(a.policy, a.act)
 
     def show(r):
         if not a.json:
@@ -180,7 +182,7 @@ def cmd_eval(args: list[str]) -> None:
         print(f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
               f"(clear rate {result['clear_rate']:.2f}, sticky {a.sticky}, no-ops 0..{a.noop_max}) | "
               f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
-              f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1}")
+              f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}")
 
 
 def cmd_bench(args: list[str]) -> None:

@@ -56,6 +56,8 @@ def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: f
     results = []
     try:
         for i in range(episodes):
+            if hasattr(policy, "seed"):
+                policy.seed(seed + i)  # a sampling policy's draws are part of the episode's seed
             results.append(run_episode(env, policy.act, seed=seed + i))
             if on_episode:
                 on_episode(results[-1])
@@ -63,7 +65,8 @@ def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: f
         env.close()
         if recorder is not None:
             recorder.close()
-    return summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, policy=policy.meta)
+    return summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, act=getattr(policy, "mode", "greedy"),
+                     policy=policy.meta)
 
 
 def summarize(results: list[dict], policy: dict | None = None, **context) -> dict:

@@ -47,6 +47,8 @@ def play(stage: str = "1-1", *, policy: str | Path | None = None, random: bool =
         echo(f"playing {stage} with {who}")
         results = []
         for i in range(episodes):
+            if loaded is not None:
+                loaded.seed(seed + i)
             r = run_episode(env, act, seed=seed + i)
             results.append(r)
             echo(f"  episode {i + 1}: {'CLEARED' if r['cleared'] else 'not cleared'} | x reached {r['x']} | "

@@ -23,6 +23,7 @@ from mario_rl.nets import build_network
 from mario_rl.storage import load_tensors, save_tensors
 
 FORMAT = "mario_rl.policy/1"
+ACT_MODES = ("greedy", "sample")
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 """Bundled policies, one file per stage: models/<stage>.safetensors (e.g. models/1-1.safetensors)."""
 
@@ -39,10 +40,18 @@ def bundled_policy_path(stage: str) -> Path | None:
 class Policy:
     """A trained network plus the preprocessing and action set it was trained with."""
 
-    def __init__(self, net: nn.Module, meta: dict):
+    def __init__(self, net: nn.Module, meta: dict, mode: str | None = None):
         self.net = net.eval()
         self.meta = meta
         self.preprocessing = Preprocessing(**meta["preprocessing"])
+        self.mode = mode or meta.get("act", "greedy")
+        if self.mode not in ACT_MODES:
+            raise UserError(f"unknown act mode {self.mode!r}: choose greedy or sample")
+        self._rng = torch.Generator().manual_seed(0)
+
+    def seed(self, seed: int) -> None:
+        """Seed the sampling of a "sample" policy (evaluate seeds it per episode)."""
+        self._rng.manual_seed(int(seed))
 
     @property
     def actions(self) -> str:
@@ -69,11 +78,16 @@ class Policy:
         return wrap_preprocessing(base_env, self.preprocessing)
 
     @torch.no_grad()
+    @torch.no_grad()
     def act(self, obs: np.ndarray) -> int:
-        """The greedy action for one observation (frame_stack, size, size) uint8."""
+        """The action for one observation (frame_stack, size, size) uint8: the most likely one
+        ("greedy"), or one drawn from the policy's distribution ("sample", as an actor-critic acts
+        while it trains)."""
         x = torch.as_tensor(np.asarray(obs)).unsqueeze(0)
         out = self.net(x)
         logits = out[0] if isinstance(out, tuple) else out  # (logits, value) for actor-critics
+        if self.mode == "sample":
+            return int(torch.multinomial(logits.softmax(1), 1, generator=self._rng).item())
         return int(logits.argmax(dim=1).item())
 
     def __repr__(self) -> str:
@@ -98,8 +112,11 @@ def save_policy(path: Path, net: nn.Module, *, algorithm: str, network: str, net
     save_tensors(path, {k: v for k, v in net.state_dict().items()}, meta)
 
 
-def load_policy(path_or_stage: str | Path) -> Policy:
-    """Load a policy file, or the bundled policy for a stage name such as "1-1"."""
+def load_policy(path_or_stage: str | Path, mode: str | None = None) -> Policy:
+    """Load a policy file, or the bundled policy for a stage name such as "1-1".
+
+    `mode` ("greedy" or "sample") overrides how the file says the policy acts.
+    """
     if isinstance(path_or_stage, str) and path_or_stage in STAGES:
         path = bundled_policy_path(path_or_stage)
         if path is None:
@@ -114,4 +131,4 @@ def load_policy(path_or_stage: str | Path) -> Policy:
         net.load_state_dict(tensors)
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: weights do not fit the network it names ({str(e).splitlines()[0]})") from None
-    return Policy(net, meta)
+    return Policy(net, meta, mode)

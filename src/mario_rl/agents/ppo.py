@@ -200,8 +200,11 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
         run.record_video(greedy, step)
 
     def save_current_policy(step: int) -> Path:
+        # It acts as it trained, drawing from its distribution: the clear rates seen in training are
+        # those of the sampling policy, and an argmax of a still-broad distribution can stall.
         save_policy(run.policy_path, agent, algorithm="ppo", network="ActorCritic",
-                    network_kwargs=net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step)
+                    network_kwargs=net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step,
+                    extra={"act": "sample"})
         return run.policy_path
 
     @torch.no_grad()
