@@ -40,7 +40,7 @@ def test_backward_curriculum_moves_back_only_on_success():
     assert moved == [False, False, False, True] and c.window() == (21, 24)
     assert not c.record(0, cleared=True)  # a real reset is not a start in the window
     assert not c.record(29 * DEMO_STRIDE, cleared=True)  # nor a start behind it
-    for lo in (13, 5, 0):
+    for lo in (5, 0):  # clearing every time: twice the step
         for _ in range(4):
             c.record(c.lo * DEMO_STRIDE, cleared=True)
         assert c.lo == lo
@@ -52,7 +52,7 @@ def test_backward_curriculum_moves_back_only_on_success():
 
 def test_demo_start_restores_states_along_the_demonstration():
     demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
-    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0)
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=10)
     assert len(env.snapshots) == demo_starts(100) == 7
     # Where the demonstration is after 64 frames, by plain replay:
     ref = make_base_env("1-1")
@@ -67,6 +67,9 @@ def test_demo_start_restores_states_along_the_demonstration():
     assert env.unwrapped._x_position_max == info_start["x_pos"]
     _, reward, _, _, _ = env.step(0)
     assert 0 <= reward <= 5  # momentum carries Mario a pixel or two
+    # Twice the demonstration's remaining 36 frames, plus the slack of 10, then truncated.
+    truncations = [env.step(0)[3] for _ in range(2 * 36 + 10 - 1)]
+    assert not any(truncations[:-1]) and truncations[-1]
     env.set_demo_window(0, -1)  # empty window: ordinary resets
     _, info = env.reset(seed=2)
     assert info["demo_start"] == 0 and info["x_pos"] < 60

@@ -36,7 +36,7 @@ class BackwardCurriculum:
     span: int = 4
     """start states in the window, from `lo` on"""
     back: int = 8
-    """start states the window moves back each time the agent clears often enough"""
+    """start states the window moves back each time the agent clears often enough (twice as many at 80%)"""
     success: float = 0.2
     """clear rate, over episodes started in the window, that moves it back"""
     min_episodes: int = 16
@@ -67,7 +67,9 @@ class BackwardCurriculum:
             return False
         if self.lo == 0:
             self.done = True
-        self.lo = max(0, self.lo - self.back)
+        # Twice as far when the agent already clears from here most of the time.
+        back = 2 * self.back if self._clears >= 0.8 * self._episodes else self.back
+        self.lo = max(0, self.lo - back)
         self._episodes = self._clears = 0
         return True
 

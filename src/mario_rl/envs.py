@@ -188,15 +188,20 @@ class DemoStart(gym.Wrapper):
     towards the start as the agent learns to finish from it. `p_reset` of the
     resets (and every reset while the window is empty) are ordinary ones, no-op
     start included. info["demo_start"] is the frame the episode started from.
+    An episode from a demonstration state is truncated after twice the frames the
+    demonstration took from there, plus `slack`: the game's clock would otherwise
+    let a lost agent idle for minutes of play in a stretch it will learn later.
     Wrap it above StickyButtons and NoopStart: the perturbations apply after a
     restored start as they do after a reset.
     """
 
-    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1):
+    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1, slack: int = 600):
         from mario_rl.curriculum import DEMO_STRIDE
 
         super().__init__(env)
         stride = stride or DEMO_STRIDE
+        self.length, self.slack = len(demo["frames"]), int(slack)
+        self._budget = None  # frames left to this episode, when it started from the demonstration
         self.stride, self.p_reset = int(stride), float(p_reset)
         base = env.unwrapped
         base.reset(seed=demo["seed"])
@@ -227,7 +232,17 @@ class DemoStart(gym.Wrapper):
             # its own after-reset hook re-reads it from the restored RAM.
             base._did_reset()
             obs, info, start = base.screen, base._get_info(), i * self.stride
+            self._budget = 2 * (self.length - start) + self.slack
+        else:
+            self._budget = None
         return obs, {**info, "demo_start": start}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._budget is not None:
+            self._budget -= 1
+            truncated = truncated or self._budget <= 0
+        return obs, reward, terminated, truncated, info
 
 
 def action_bytes(actions: str) -> list[int]:

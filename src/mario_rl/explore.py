@@ -17,7 +17,8 @@ treats as another area gets its own cells; nothing is specific to a stage.
 Every worker process (one per core) runs its own archive with its own random
 stream. Every `share_every` seconds the main process hands the furthest path found
 by any worker to the workers that are behind; they replay it from reset and add
-the cells along it. The first worker to touch the flag ends the search.
+the cells along it. After the first flag the search goes on for a while (`polish`)
+and keeps the shortest path to the flag.
 
 A found path is a *demonstration* in the format of PROTOCOL.md: one controller
 byte per emulator frame after `reset(seed=...)`, replayable on a raw env. It is
@@ -66,6 +67,10 @@ class ExploreConfig:
     """moves explored from a chosen cell before picking another"""
     share_every: float = 30.0
     """seconds between handing the furthest path to workers that are behind"""
+    polish: float = 0.5
+    """after the first flag, search on for this fraction of the time it took, keeping the shortest path
+    (cells keep their shortest way in, so later paths lose detours; a shorter demonstration is faster to
+    learn from)"""
     frontier: int = 16
     """the newest cells, from which half of the rounds start"""
     frontier_prob: float = 0.5
@@ -162,7 +167,8 @@ class Explorer:
                 if terminated or truncated:
                     break
             if info["flag_get"]:
-                self.solution = bytes(frames)
+                if self.solution is None or len(frames) < len(self.solution):
+                    self.solution = bytes(frames)
                 return True
             if terminated or truncated:
                 return False
@@ -191,7 +197,7 @@ class Explorer:
 def _worker(cfg: ExploreConfig, worker: int, inbox, outbox) -> None:
     explorer = Explorer(cfg, worker)
     last = 0.0
-    best_sent = -1
+    best_sent, sent_solution = -1, 1 << 62
     try:
         while True:
             try:
@@ -202,9 +208,9 @@ def _worker(cfg: ExploreConfig, worker: int, inbox, outbox) -> None:
                 if msg[0] == "stop":
                     return
                 explorer.follow(msg[1])
-            if explorer.round():
+            if explorer.round() and len(explorer.solution) < sent_solution:
+                sent_solution = len(explorer.solution)
                 outbox.put(("solved", worker, explorer.solution, explorer.status()))
-                return
             if time.monotonic() - last > 1.0:
                 last = time.monotonic()
                 status = explorer.status()
@@ -238,8 +244,8 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     check_action_set(cfg.actions)
     if cfg.stage == "game":
         raise UserError("explore works on one stage at a time (1-1 ... 8-4), not on game")
-    if cfg.minutes <= 0 or cfg.moves <= 0 or cfg.frames_per_move <= 0:
-        raise UserError("--minutes, --moves and --frames-per-move must be positive")
+    if cfg.minutes <= 0 or cfg.moves <= 0 or cfg.frames_per_move <= 0 or cfg.polish < 0:
+        raise UserError("--minutes, --moves and --frames-per-move must be positive, --polish >= 0")
     if not 0 <= cfg.repeat_prob < 1 or not 0 <= cfg.frontier_prob <= 1:
         raise UserError("--repeat-prob must be in [0, 1) and --frontier-prob in [0, 1]")
     if cfg.frontier <= 0:
@@ -255,8 +261,9 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     status: dict[int, dict] = {}
     best_path, best_x, solution = b"", -1, None
     last_share = last_print = t0
+    deadline = t0 + cfg.minutes * 60
     try:
-        while time.monotonic() - t0 < cfg.minutes * 60:
+        while time.monotonic() < deadline:
             try:
                 kind, worker, path, st = outbox.get(timeout=1.0)
             except queue.Empty:
@@ -265,8 +272,15 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
                 continue
             status[worker] = st
             if kind == "solved":
-                solution = path
-                break
+                if solution is None:
+                    now = time.monotonic()
+                    echo(_status_line(now - t0, status) + f" | flag reached: {len(path):,} frames")
+                    deadline = min(deadline, now + cfg.polish * (now - t0))
+                elif len(path) < len(solution):
+                    echo(f"  a shorter path: {len(path):,} frames")
+                if solution is None or len(path) < len(solution):
+                    solution = path
+                continue
             if path is not None and st["best_x"] > best_x:
                 best_path, best_x = path, st["best_x"]
             now = time.monotonic()
@@ -289,7 +303,7 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     frames_played = sum(s["frames"] for s in status.values())
     cells = sum(s["cells"] for s in status.values())
     if solution is not None:
-        echo(_status_line(elapsed, status) + " | flag reached")
+        echo(_status_line(elapsed, status) + f" | shortest path to the flag: {len(solution):,} frames")
     return ExploreResult(cfg.stage, cfg.seed, solution is not None, solution if solution is not None else best_path,
                          elapsed, frames_played, cells, max([s["best_x"] for s in status.values()], default=0))
 
