@@ -100,9 +100,16 @@ def raw_env(stage: str):
     return lean_info(gym_super_mario_bros.make(env_id(stage))).unwrapped
 
 
+def mario_x(env) -> int:
+    """Mario's x in the level: page * 256 + x on the page. Pages wrap below 0 (seen in 4-4's loops,
+    as page 255), so the top of the range reads as negative."""
+    x = int(env.ram[0x6D]) * 256 + int(env.ram[0x86])
+    return x - 0x10000 if x >= 0xF000 else x
+
+
 def cell_key(env) -> tuple[int, int, int, int]:
     ram = env.ram
-    x = int(ram[0x6D]) * 256 + int(ram[0x86])
+    x = mario_x(env)
     # 0x0750: the area pointer; 0x00B5: vertical screen (0 above, 1 on, 2+ falling); 0x03B8: y pixel.
     return int(ram[0x0750]), min(int(ram[0x00B5]), 2), x // 16, int(ram[0x03B8]) // 32
 
@@ -125,7 +132,7 @@ class Explorer:
         self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", self._x())
 
     def _x(self) -> int:
-        return int(self.env.ram[0x6D]) * 256 + int(self.env.ram[0x86])
+        return mario_x(self.env)
 
     @property
     def best(self) -> Cell:
