@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_cli
 from mario_rl.curriculum import DEMO_STRIDE, BackwardCurriculum, demo_starts
-from mario_rl.explore import ExploreConfig, Explorer, replay
+from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
 from mario_rl.envs import DemoStart, make_base_env
 
 RIGHT = 0x80  # the controller byte for "right"
@@ -26,7 +26,7 @@ def test_explorer_paths_replay_to_their_cells():
     explorer.env.reset(seed=3)
     for b in best.frames:
         explorer.env.step(b)
-    assert explorer._x() == best.x
+    assert mario_x(explorer.env) == best.x
 
 
 def test_backward_curriculum_moves_back_only_on_success():

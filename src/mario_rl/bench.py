@@ -124,15 +124,6 @@ class Ceiling:
             proc.join()
 
 
-def bench_emulator_all_cores(seconds: float, processes: int) -> float:
-    """Raw gameplay frames/s summed over one emulator process per core."""
-    ceiling = Ceiling(processes)
-    try:
-        return ceiling.turn(seconds)
-    finally:
-        ceiling.close()
-
-
 def bench_vec_env(seconds: float, num_envs: int, ceiling: Ceiling | None = None, turns: int = 4) -> float:
     """Agent steps/s of make_vec_env with random actions (all envs together).
 

@@ -129,10 +129,7 @@ class Explorer:
         self.env.reset(seed=self.cfg.seed)
         self.rng = np.random.default_rng([self.cfg.seed, self.worker])
         self.buttons = action_bytes(self.cfg.actions)
-        self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", self._x())
-
-    def _x(self) -> int:
-        return mario_x(self.env)
+        self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", mario_x(self.env))
 
     @property
     def best(self) -> Cell:
@@ -142,7 +139,7 @@ class Explorer:
         key = cell_key(self.env)
         cell = self.archive.get(key)
         if cell is None or len(frames) < len(cell.frames):
-            new = Cell(self.env.dump_state(), bytes(frames), self._x())
+            new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env))
             if cell is not None:  # a shorter way in: keep the counts, so the cell is not "new" again
                 new.born, new.chosen, new.seen = cell.born, cell.chosen, cell.seen
             else:
