@@ -29,6 +29,37 @@ def test_explorer_paths_replay_to_their_cells():
     assert mario_x(explorer.env) == best.x
 
 
+def test_cells_prefer_ways_in_that_stay_in_one_area():
+    """1-1's committed demonstration takes the bonus pipe (two area changes); a way into the same cell
+    without the detour replaces it even when longer, and becomes a frontier cell again."""
+    from pathlib import Path
+
+    demo = json.loads((Path(__file__).parents[1] / "demos" / "1-1.json").read_text())
+    explorer = Explorer(ExploreConfig("1-1", seed=demo["seed"]))
+    explorer.follow(bytes(demo["frames"][:2400]))
+    by_changes = {}
+    for key, cell in explorer.archive.items():
+        by_changes.setdefault(cell.changes, set()).add(key[0])
+    assert sorted(by_changes) == [0, 1, 2]  # before the pipe, in the bonus room, after it
+    assert by_changes[1].isdisjoint(by_changes[0]) and by_changes[2] == by_changes[0]
+    after = max((c for c in explorer.archive.values() if c.changes == 2), key=lambda c: c.x)
+    assert after.x > 2600
+    key = next(k for k, c in explorer.archive.items() if c is after)
+    newest = max(c.born for c in explorer.archive.values())
+    # Not better: same number of changes, longer.
+    explorer.env.load_state(after.snapshot)
+    seen = after.seen
+    explorer._visit(bytearray(after.frames + bytes(8)), 2)
+    assert explorer.archive[key] is after and after.seen == seen + 1
+    # Better: no detour, though longer; it is news to the frontier.
+    explorer._visit(bytearray(after.frames + bytes(8)), 0)
+    assert explorer.archive[key].changes == 0 and explorer.archive[key].born > newest
+    # Shorter at the same count: replaced, keeping its age and counts.
+    born = explorer.archive[key].born
+    explorer._visit(bytearray(after.frames), 0)
+    assert len(explorer.archive[key].frames) == len(after.frames) and explorer.archive[key].born == born
+
+
 def test_backward_curriculum_moves_back_only_on_success():
     c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
     assert c.window() == (29, 29) and c.start_frame == 29 * DEMO_STRIDE

@@ -14,11 +14,18 @@ The cell is (area, vertical band of the screen, x // 16, y // 32). The area come
 from the game's own area pointer, so a pipe or a maze section that the game
 treats as another area gets its own cells; nothing is specific to a stage.
 
+A way into a cell is better when it changes area fewer times, then when it is
+shorter. A shortest path happily takes a bonus pipe (1-1's saves about 400
+frames), but a policy that learns from the path must then learn to press down on
+one pipe among many, where the x reward points the other way: a route that stays
+in one area is one the reward can teach. Where the stage needs a pipe, every path
+has that change, and the order falls back to length.
+
 Every worker process (one per core) runs its own archive with its own random
 stream. Every `share_every` seconds the main process hands the furthest path found
 by any worker to the workers that are behind; they replay it from reset and add
 the cells along it. After the first flag the search goes on for a while (`polish`)
-and keeps the shortest path to the flag.
+and keeps the best path to the flag: fewest area changes, then fewest frames.
 
 A found path is a *demonstration* in the format of PROTOCOL.md: one controller
 byte per emulator frame after `reset(seed=...)`, replayable on a raw env. It is
@@ -68,7 +75,7 @@ class ExploreConfig:
     share_every: float = 30.0
     """seconds between handing the furthest path to workers that are behind"""
     polish: float = 0.5
-    """after the first flag, search on for this fraction of the time it took, keeping the shortest path
+    """after the first flag, search on for this fraction of the time it took, keeping the best path
     (cells keep their shortest way in, so later paths lose detours; a shorter demonstration is faster to
     learn from)"""
     frontier: int = 16
@@ -82,6 +89,8 @@ class Cell:
     snapshot: object
     frames: bytes
     x: int
+    changes: int = 0
+    """times the path to this cell changed area"""
     born: int = 0
     chosen: int = 0
     seen: int = 0
@@ -130,20 +139,29 @@ class Explorer:
         self.rng = np.random.default_rng([self.cfg.seed, self.worker])
         self.buttons = action_bytes(self.cfg.actions)
         self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", mario_x(self.env))
+        self.solution_changes = 0
+        self.births = 0
+
+    def better_solution(self, frames: bytes, changes: int) -> bool:
+        return self.solution is None or (changes, len(frames)) < (self.solution_changes, len(self.solution))
 
     @property
     def best(self) -> Cell:
         return max(self.archive.values(), key=lambda c: (c.x, -len(c.frames)))
 
-    def _visit(self, frames: bytearray) -> None:
+    def _visit(self, frames: bytearray, changes: int) -> None:
         key = cell_key(self.env)
         cell = self.archive.get(key)
-        if cell is None or len(frames) < len(cell.frames):
-            new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env))
-            if cell is not None:  # a shorter way in: keep the counts, so the cell is not "new" again
+        if cell is None or (changes, len(frames)) < (cell.changes, len(cell.frames)):
+            new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env), changes)
+            if cell is not None and changes == cell.changes:
+                # Only shorter: keep the counts, so the cell is not "new" again.
                 new.born, new.chosen, new.seen = cell.born, cell.chosen, cell.seen
             else:
-                new.born = len(self.archive)
+                # New, or reached without a detour through another area: a frontier to explore on
+                # from (otherwise the detour-free route stops where the detour rejoins it).
+                self.births += 1
+                new.born = self.births
             self.archive[key] = new
         else:
             cell.seen += 1
@@ -160,6 +178,7 @@ class Explorer:
         cell.chosen += 1
         self.env.load_state(cell.snapshot)
         frames = bytearray(cell.frames)
+        changes, area = cell.changes, int(self.env.ram[0x0750])
         button = self.buttons[self.rng.integers(len(self.buttons))]
         for _ in range(self.cfg.moves):
             if self.rng.random() > self.cfg.repeat_prob:
@@ -171,18 +190,21 @@ class Explorer:
                 if terminated or truncated:
                     break
             if info["flag_get"]:
-                if self.solution is None or len(frames) < len(self.solution):
-                    self.solution = bytes(frames)
+                if self.better_solution(frames, changes):
+                    self.solution, self.solution_changes = bytes(frames), changes
                 return True
             if terminated or truncated:
                 return False
-            self._visit(frames)
+            if int(self.env.ram[0x0750]) != area:
+                changes, area = changes + 1, int(self.env.ram[0x0750])
+            self._visit(frames, changes)
         return False
 
     def follow(self, frames: bytes) -> None:
         """Replay another worker's path from reset, adding the cells along it."""
         self.env.reset(seed=self.cfg.seed)
         played = bytearray()
+        changes, area = 0, int(self.env.ram[0x0750])
         for i, b in enumerate(frames):
             _, _, terminated, truncated, _ = self.env.step(b)
             played.append(b)
@@ -190,7 +212,9 @@ class Explorer:
             if terminated or truncated:
                 return
             if i % self.cfg.frames_per_move == self.cfg.frames_per_move - 1:
-                self._visit(played)
+                if int(self.env.ram[0x0750]) != area:
+                    changes, area = changes + 1, int(self.env.ram[0x0750])
+                self._visit(played, changes)
 
     def status(self) -> dict:
         best = self.best
@@ -201,7 +225,7 @@ class Explorer:
 def _worker(cfg: ExploreConfig, worker: int, inbox, outbox) -> None:
     explorer = Explorer(cfg, worker)
     last = 0.0
-    best_sent, sent_solution = -1, 1 << 62
+    best_sent, sent_solution = -1, (1 << 62, 1 << 62)
     try:
         while True:
             try:
@@ -212,9 +236,9 @@ def _worker(cfg: ExploreConfig, worker: int, inbox, outbox) -> None:
                 if msg[0] == "stop":
                     return
                 explorer.follow(msg[1])
-            if explorer.round() and len(explorer.solution) < sent_solution:
-                sent_solution = len(explorer.solution)
-                outbox.put(("solved", worker, explorer.solution, explorer.status()))
+            if explorer.round() and (explorer.solution_changes, len(explorer.solution)) < sent_solution:
+                sent_solution = (explorer.solution_changes, len(explorer.solution))
+                outbox.put(("solved", worker, (explorer.solution, explorer.solution_changes), explorer.status()))
             if time.monotonic() - last > 1.0:
                 last = time.monotonic()
                 status = explorer.status()
@@ -236,6 +260,8 @@ class ExploreResult:
     frames_played: int
     cells: int
     best_x: int
+    changes: int = 0
+    """area changes along the path"""
 
     def demo(self) -> dict:
         """The demonstration in PROTOCOL.md's format."""
@@ -263,7 +289,7 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     for p in procs:
         p.start()
     status: dict[int, dict] = {}
-    best_path, best_x, solution = b"", -1, None
+    best_path, best_x, solution, solution_changes = b"", -1, None, 0
     last_share = last_print = t0
     deadline = t0 + cfg.minutes * 60
     try:
@@ -276,14 +302,16 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
                 continue
             status[worker] = st
             if kind == "solved":
+                path, changes = path
+                what = f"{len(path):,} frames, {changes} area change{'s' * (changes != 1)}"
                 if solution is None:
                     now = time.monotonic()
-                    echo(_status_line(now - t0, status) + f" | flag reached: {len(path):,} frames")
+                    echo(_status_line(now - t0, status) + f" | flag reached: {what}")
                     deadline = min(deadline, now + cfg.polish * (now - t0))
-                elif len(path) < len(solution):
-                    echo(f"  a shorter path: {len(path):,} frames")
-                if solution is None or len(path) < len(solution):
-                    solution = path
+                elif (changes, len(path)) < (solution_changes, len(solution)):
+                    echo(f"  a better path: {what}")
+                if solution is None or (changes, len(path)) < (solution_changes, len(solution)):
+                    solution, solution_changes = path, changes
                 continue
             if path is not None and st["best_x"] > best_x:
                 best_path, best_x = path, st["best_x"]
@@ -307,9 +335,11 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     frames_played = sum(s["frames"] for s in status.values())
     cells = sum(s["cells"] for s in status.values())
     if solution is not None:
-        echo(_status_line(elapsed, status) + f" | shortest path to the flag: {len(solution):,} frames")
+        echo(_status_line(elapsed, status) + f" | path to the flag: {len(solution):,} frames, "
+             f"{solution_changes} area changes")
     return ExploreResult(cfg.stage, cfg.seed, solution is not None, solution if solution is not None else best_path,
-                         elapsed, frames_played, cells, max([s["best_x"] for s in status.values()], default=0))
+                         elapsed, frames_played, cells, max([s["best_x"] for s in status.values()], default=0),
+                         solution_changes)
 
 
 def _status_line(seconds: float, status: dict[int, dict]) -> str:
@@ -389,6 +419,7 @@ def run_explore(cfg: ExploreConfig, out: Path, video: bool = True, echo=print) -
     summary = {"config": asdict(cfg), "solved": result.solved, "verified": check["flag"], "replay": check,
                "seconds": round(result.seconds, 1), "frames_played": result.frames_played,
                "cells": result.cells, "best_x": result.best_x, "demo_frames": len(demo["frames"]),
+               "area_changes": result.changes,
                "videos": videos}
     atomic_write(out / "explore.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     if result.solved and not check["flag"]:
