@@ -30,11 +30,11 @@ def test_explorer_paths_replay_to_their_cells():
 
 
 def test_cells_prefer_ways_in_that_stay_in_one_area():
-    """1-1's committed demonstration takes the bonus pipe (two area changes); a way into the same cell
+    """The test demonstration of 1-1 takes the bonus pipe (two area changes); a way into the same cell
     without the detour replaces it even when longer, and becomes a frontier cell again."""
     from pathlib import Path
 
-    demo = json.loads((Path(__file__).parents[1] / "demos" / "1-1.json").read_text())
+    demo = json.loads((Path(__file__).parent / "data" / "1-1-demo.json").read_text())
     explorer = Explorer(ExploreConfig("1-1", seed=demo["seed"]))
     explorer.follow(bytes(demo["frames"][:2400]))
     by_changes = {}
@@ -58,6 +58,12 @@ def test_cells_prefer_ways_in_that_stay_in_one_area():
     born = explorer.archive[key].born
     explorer._visit(bytearray(after.frames), 0)
     assert len(explorer.archive[key].frames) == len(after.frames) and explorer.archive[key].born == born
+    # Polishing a path with two changes: the frontier rounds start from cells with fewer.
+    explorer.cfg.frontier_prob, explorer.cfg.moves, explorer.changes_bound = 1.0, 5, 2
+    detour = [c for c in explorer.archive.values() if c.changes == 2]
+    for _ in range(20):
+        explorer.round()
+    assert all(c.chosen == 0 for c in detour)
 
 
 def test_backward_curriculum_moves_back_only_on_success():

@@ -74,7 +74,7 @@ class ExploreConfig:
     """moves explored from a chosen cell before picking another"""
     share_every: float = 30.0
     """seconds between handing the furthest path to workers that are behind"""
-    polish: float = 0.5
+    polish: float = 1.0
     """after the first flag, search on for this fraction of the time it took, keeping the best path
     (cells keep their shortest way in, so later paths lose detours; a shorter demonstration is faster to
     learn from)"""
@@ -140,6 +140,7 @@ class Explorer:
         self.buttons = action_bytes(self.cfg.actions)
         self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", mario_x(self.env))
         self.solution_changes = 0
+        self.changes_bound = 1 << 30  # area changes of the best path to the flag any worker has
         self.births = 0
 
     def better_solution(self, frames: bytes, changes: int) -> bool:
@@ -170,6 +171,12 @@ class Explorer:
         """Pick a cell, explore from it; True once the flag is reached."""
         cells = list(self.archive.values())
         if self.rng.random() < self.cfg.frontier_prob:
+            bound = min(self.solution_changes if self.solution is not None else 1 << 30, self.changes_bound)
+            fewer = [c for c in cells if c.changes < bound]
+            if fewer:
+                # Polishing a path that changes area: the detour's cells are the newest, and the
+                # route without it stalls where it was when they appeared. Its frontier goes on.
+                cells = fewer
             # The newest cells are where the search is making progress: without this, an archive
             # of hundreds of cells picks its frontier a fraction of a percent of the time.
             cells = sorted(cells, key=lambda c: c.born)[-self.cfg.frontier:]
@@ -235,7 +242,10 @@ def _worker(cfg: ExploreConfig, worker: int, inbox, outbox) -> None:
             if msg is not None:
                 if msg[0] == "stop":
                     return
-                explorer.follow(msg[1])
+                if msg[0] == "solved":
+                    explorer.changes_bound = min(explorer.changes_bound, msg[1])
+                else:
+                    explorer.follow(msg[1])
             if explorer.round() and (explorer.solution_changes, len(explorer.solution)) < sent_solution:
                 sent_solution = (explorer.solution_changes, len(explorer.solution))
                 outbox.put(("solved", worker, (explorer.solution, explorer.solution_changes), explorer.status()))
@@ -312,6 +322,8 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
                     echo(f"  a better path: {what}")
                 if solution is None or (changes, len(path)) < (solution_changes, len(solution)):
                     solution, solution_changes = path, changes
+                    for box in inboxes:
+                        box.put(("solved", changes))
                 continue
             if path is not None and st["best_x"] > best_x:
                 best_path, best_x = path, st["best_x"]
