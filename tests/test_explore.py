@@ -85,6 +85,12 @@ def test_backward_curriculum_moves_back_only_on_success():
         c.record(0, cleared=True)  # at the start, real resets count
     assert c.done and c.window() == (0, -1) and c.start_frame == 0
     assert demo_starts(1) == 1 and demo_starts(17) == 2 and demo_starts(33) == 3
+    # The rate is over the latest 2 x min_episodes: an early run of failures stops counting.
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
+    for _ in range(20):
+        assert not c.record(29 * DEMO_STRIDE, cleared=False)
+    moved = [c.record(29 * DEMO_STRIDE, cleared=True) for _ in range(4)]
+    assert moved == [False, False, False, True] and c.lo == 21
 
 
 def test_demo_start_restores_states_along_the_demonstration():
