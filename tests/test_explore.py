@@ -113,6 +113,9 @@ def test_demo_start_restores_states_along_the_demonstration():
     # Twice the demonstration's remaining 36 frames, plus the slack of 10, then truncated.
     truncations = [env.step(0)[3] for _ in range(2 * 36 + 10 - 1)]
     assert not any(truncations[:-1]) and truncations[-1]
+    env.set_demo_window(2, 2, behind=0.5)  # half the starts from anywhere after the window
+    starts = {env.reset(seed=10 + i)[1]["demo_start"] for i in range(40)}
+    assert 32 in starts and len(starts) > 2 and min(starts) == 32
     env.set_demo_window(0, -1)  # empty window: ordinary resets
     _, info = env.reset(seed=2)
     assert info["demo_start"] == 0 and info["x_pos"] < 60

@@ -67,6 +67,9 @@ class PPOConfig(TrainConfig):
     """a demonstration (mario-rl explore's demo.json): start episodes along it, moving back as the agent learns"""
     demo_back: int = 8
     """demonstration start states (16 frames apart) the start moves back each time"""
+    demo_behind: float = 0.3
+    """share of the demonstration starts drawn from anywhere after the current ones (the stretches
+    already learned), the rest from the current ones; 0 is Salimans and Chen's"""
     demo_success: float = 0.2
     """clear rate from the current starts that moves them back (Salimans and Chen move at 20%: the
     stretches already learned are still played, and trained, on every episode from further back)"""
@@ -80,8 +83,8 @@ class PPOConfig(TrainConfig):
             raise UserError("--envs x --num-steps must be divisible by --num-minibatches")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.demo_back <= 0 or not 0 < self.demo_success <= 1:
-            raise UserError("--demo-back must be positive and --demo-success in (0, 1]")
+        if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
+            raise UserError("--demo-back must be positive, --demo-success in (0, 1] and --demo-behind in [0, 1]")
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
@@ -216,7 +219,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
     reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
     if curriculum is not None:
-        envs.call("set_demo_window", *curriculum.window())
+        envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind)
     next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
     next_obs = torch.from_numpy(next_obs)
     next_done = torch.zeros(cfg.envs)
@@ -246,7 +249,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                     if int(ep["start"]) == 0:
                         reset_flags.append(int(ep["flag"]))
                     if curriculum is not None and curriculum.record(int(ep["start"]), bool(ep["flag"])):
-                        envs.call("set_demo_window", *curriculum.window())
+                        envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind)
             with torch.no_grad():
                 next_value = agent(next_obs)[1]
             advantages, returns = gae(rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda)
