@@ -140,7 +140,7 @@ class Explorer:
         self.buttons = action_bytes(self.cfg.actions)
         self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", mario_x(self.env))
         self.solution_changes = 0
-        self.changes_bound = 1 << 30  # area changes of the best path to the flag any worker has
+        self.changes_bound = 1 << 30  # area changes of the best path to the flag this or any worker has
         self.births = 0
 
     def better_solution(self, frames: bytes, changes: int) -> bool:
@@ -171,8 +171,7 @@ class Explorer:
         """Pick a cell, explore from it; True once the flag is reached."""
         cells = list(self.archive.values())
         if self.rng.random() < self.cfg.frontier_prob:
-            bound = min(self.solution_changes if self.solution is not None else 1 << 30, self.changes_bound)
-            fewer = [c for c in cells if c.changes < bound]
+            fewer = [c for c in cells if c.changes < self.changes_bound]
             if fewer:
                 # Polishing a path that changes area: the detour's cells are the newest, and the
                 # route without it stalls where it was when they appeared. Its frontier goes on.
@@ -199,6 +198,7 @@ class Explorer:
             if info["flag_get"]:
                 if self.better_solution(frames, changes):
                     self.solution, self.solution_changes = bytes(frames), changes
+                    self.changes_bound = min(self.changes_bound, changes)
                 return True
             if terminated or truncated:
                 return False
@@ -314,13 +314,14 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
             if kind == "solved":
                 path, changes = path
                 what = f"{len(path):,} frames, {changes} area change{'s' * (changes != 1)}"
+                better = solution is None or (changes, len(path)) < (solution_changes, len(solution))
                 if solution is None:
                     now = time.monotonic()
                     echo(_status_line(now - t0, status) + f" | flag reached: {what}")
                     deadline = min(deadline, now + cfg.polish * (now - t0))
-                elif (changes, len(path)) < (solution_changes, len(solution)):
+                elif better:
                     echo(f"  a better path: {what}")
-                if solution is None or (changes, len(path)) < (solution_changes, len(solution)):
+                if better:
                     solution, solution_changes = path, changes
                     for box in inboxes:
                         box.put(("solved", changes))
