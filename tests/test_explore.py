@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 from mario_rl.curriculum import DEMO_STRIDE, BackwardCurriculum, demo_starts
 from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
-from mario_rl.envs import DemoStart, make_base_env
+from mario_rl.envs import DemoStart, demo_snapshots, make_base_env
 
 RIGHT = 0x80  # the controller byte for "right"
 
@@ -119,6 +119,11 @@ def test_demo_start_restores_states_along_the_demonstration():
     env.set_demo_window(0, -1)  # empty window: ordinary resets
     _, info = env.reset(seed=2)
     assert info["demo_start"] == 0 and info["x_pos"] < 60
+    # Snapshots replayed once elsewhere (as make_vec_env does for its workers) start the same states.
+    shared = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, snapshots=demo_snapshots(None, demo))
+    shared.set_demo_window(4, 4)
+    obs_shared, info_shared = shared.reset(seed=1)
+    assert np.array_equal(obs_shared, ref.unwrapped.screen) and info_shared["x_pos"] == info_start["x_pos"]
 
 
 def test_explore_cli_writes_a_replayable_path(tmp_path):
@@ -153,6 +158,12 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
 
     _, state = load_tensors(run_dir / "checkpoint.safetensors", "checkpoint")
     assert 0 <= state["curriculum"]["lo"] < demo_starts(120)
+    uniform = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "uniform", "--envs", 2,
+                      "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", tmp_path / "ru")
+    assert uniform.returncode == 0, uniform.stderr
+    assert "start anywhere" in uniform.stdout
+    _, state = load_tensors(tmp_path / "ru" / "checkpoint.safetensors", "checkpoint")
+    assert "curriculum" not in state
     wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
     assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
 

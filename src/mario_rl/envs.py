@@ -182,7 +182,7 @@ class DemoStart(gym.Wrapper):
     """Start episodes from states along a demonstration (Salimans and Chen, 2018, "backward" starts).
 
     At construction the demonstration is replayed once on the base env, keeping an
-    emulator snapshot every `stride` frames. A reset then, unless told to start
+    emulator snapshot every `stride` frames (or `snapshots` from `demo_snapshots` are used). A reset then, unless told to start
     from the beginning, restores a snapshot picked uniformly from the window set by
     `set_demo_window(lo, hi, behind)` (snapshot indices); the learner moves the window back
     towards the start as the agent learns to finish from it. A share `behind` of the
@@ -198,7 +198,8 @@ class DemoStart(gym.Wrapper):
     restored start as they do after a reset.
     """
 
-    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1, slack: int = 600):
+    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1, slack: int = 600,
+                 snapshots: list | None = None):
         from mario_rl.curriculum import DEMO_STRIDE
 
         super().__init__(env)
@@ -206,15 +207,7 @@ class DemoStart(gym.Wrapper):
         self.length, self.slack = len(demo["frames"]), int(slack)
         self._budget = None  # frames left to this episode, when it started from the demonstration
         self.stride, self.p_reset = int(stride), float(p_reset)
-        base = env.unwrapped
-        base.reset(seed=demo["seed"])
-        self.snapshots = [base.dump_state()]
-        for i, b in enumerate(demo["frames"][:-1]):  # never a snapshot at the (terminal) flag frame
-            _, _, terminated, truncated, _ = base.step(int(b))
-            if terminated or truncated:
-                raise UserError(f"the demonstration ends at frame {i + 1}, before its last frame")
-            if (i + 1) % self.stride == 0:
-                self.snapshots.append(base.dump_state())
+        self.snapshots = snapshots if snapshots is not None else demo_snapshots(env.unwrapped, demo, self.stride)
         self.window, self.behind = (0, -1), 0.0
         self._rng = np.random.default_rng()
 
@@ -249,6 +242,30 @@ class DemoStart(gym.Wrapper):
             self._budget -= 1
             truncated = truncated or self._budget <= 0
         return obs, reward, terminated, truncated, info
+
+
+def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:
+    """Emulator snapshots every `stride` frames along a demonstration, replayed on `base` (a raw game env;
+    None: a new one). A snapshot loads into any emulator of the same stage, a forked process's included."""
+    from mario_rl.curriculum import DEMO_STRIDE
+
+    stride = stride or DEMO_STRIDE
+    own = base is None
+    if own:
+        import gym_super_mario_bros
+
+        base = gym_super_mario_bros.make(env_id(demo["stage"])).unwrapped
+    base.reset(seed=demo["seed"])
+    snapshots = [base.dump_state()]
+    for i, b in enumerate(demo["frames"][:-1]):  # never a snapshot at the (terminal) flag frame
+        _, _, terminated, truncated, _ = base.step(int(b))
+        if terminated or truncated:
+            raise UserError(f"the demonstration ends at frame {i + 1}, before its last frame")
+        if (i + 1) % stride == 0:
+            snapshots.append(base.dump_state())
+    if own:
+        base.close()
+    return snapshots
 
 
 def action_bytes(actions: str) -> list[int]:
@@ -342,10 +359,12 @@ def make_base_env(
     render_mode: str | None = None,
     frame_sink: Callable[[np.ndarray], None] | None = None,
     demo: dict | None = None,
+    demo_states: list | None = None,
 ) -> gym.Env:
     """The raw game with the protocol's perturbations: byte actions, one emulator frame per step.
 
-    With a `demo`, resets can also start from states along it (DemoStart).
+    With a `demo`, resets can also start from states along it (DemoStart), the snapshots
+    `demo_states` if given (`demo_snapshots`), else its own replay of the demonstration.
     """
     import gym_super_mario_bros  # registers the ids; imported late because it loads ROM code
 
@@ -357,7 +376,7 @@ def make_base_env(
     if noop_max:
         env = NoopStart(env, noop_max)
     if demo is not None:
-        env = DemoStart(env, demo)
+        env = DemoStart(env, demo, snapshots=demo_states)
     return env
 
 
@@ -373,6 +392,7 @@ def make_env(
     render_mode: str | None = None,
     frame_sink: Callable[[np.ndarray], None] | None = None,
     demo: dict | None = None,
+    demo_states: list | None = None,
 ) -> gym.Env:
     """A Gymnasium env for one stage ("1-1" ... "8-4") or the whole game ("game").
 
@@ -382,7 +402,8 @@ def make_env(
     """
     pre = Preprocessing(actions, frame_skip, frame_size, frame_stack)
     base = make_base_env(
-        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink, demo=demo
+        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink, demo=demo,
+        demo_states=demo_states,
     )
     return wrap_preprocessing(base, pre)
 
@@ -440,8 +461,10 @@ def lean_info(env: gym.Env) -> gym.Env:
     return env
 
 
-def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None) -> gym.Env:
-    return EpisodeStats(lean_info(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo)))
+def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None,
+                       demo_states: list | None = None) -> gym.Env:
+    return EpisodeStats(lean_info(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo,
+                                           demo_states=demo_states)))
 
 
 def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", *, sticky: float = 0.0,
@@ -459,7 +482,15 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
     check_action_set(actions)
     if num_envs < 1:
         raise UserError(f"num_envs must be positive, got {num_envs}")
-    fns = [partial(_vector_worker_env, stage, actions, sticky, noop_max, demo) for _ in range(num_envs)]
+    import multiprocessing
+
+    states = None
+    if demo is not None and (not asynchronous or multiprocessing.get_start_method() == "fork"):
+        # Replay the demonstration once here rather than in every worker (16 replays of 1-1's
+        # 4,620 frames took a minute and a half on 2 cores); forked workers inherit the snapshots,
+        # which cannot be pickled for other start methods.
+        states = demo_snapshots(None, demo)
+    fns = [partial(_vector_worker_env, stage, actions, sticky, noop_max, demo, states) for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if not asynchronous:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)

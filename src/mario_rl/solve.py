@@ -54,6 +54,9 @@ class SolveConfig:
     """first seed of the final evaluation (checks during training use other seeds)"""
     eval_episodes: int = 20
     """episodes of the final evaluation (PROTOCOL.md: 20; a pass needs 20 or more)"""
+    demo_order: str = "backward"
+    """where PPO episodes start: backward (near the flag first, moving back as the agent clears) or
+    uniform (anywhere along the demonstration from the start)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
 
@@ -104,7 +107,7 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         return r["clears"] >= 18
 
     ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
-                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, run_dir=run_dir,
+                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order, run_dir=run_dir,
                     resume=(run_dir / "checkpoint.safetensors").exists(), checkpoint_every=cfg.checkpoint_every,
                     video_steps=1500)
     t1 = time.monotonic()

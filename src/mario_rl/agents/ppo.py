@@ -65,6 +65,9 @@ class PPOConfig(TrainConfig):
     """samples per forward/backward pass; a minibatch's gradient is summed over them (same update, less time)"""
     demo: Path | None = None
     """a demonstration (mario-rl explore's demo.json): start episodes along it, moving back as the agent learns"""
+    demo_order: str = "backward"
+    """backward: start near the flag and move back as the agent clears (Salimans and Chen);
+    uniform: start anywhere along the demonstration from the first update"""
     demo_back: int = 8
     """demonstration start states (16 frames apart) the start moves back each time"""
     demo_behind: float = 0.3
@@ -85,6 +88,8 @@ class PPOConfig(TrainConfig):
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
             raise UserError("--demo-back must be positive, --demo-success in (0, 1] and --demo-behind in [0, 1]")
+        if self.demo_order not in ("backward", "uniform"):
+            raise UserError(f"--demo-order must be backward or uniform, got {self.demo_order!r}")
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
@@ -163,7 +168,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
     pre = Preprocessing(cfg.actions)
-    demo, curriculum = None, None
+    demo, curriculum, window = None, None, None
     if cfg.demo is not None:
         from mario_rl.curriculum import BackwardCurriculum, demo_starts
         from mario_rl.explore import load_demo, save_demo
@@ -174,8 +179,11 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
         if demo["stage"] != cfg.stage:
             raise UserError(f"{cfg.demo} is a demonstration of {demo['stage']}, not {cfg.stage}")
         save_demo(copy, demo)
-        curriculum = BackwardCurriculum(demo_starts(len(demo["frames"])), back=cfg.demo_back,
-                                        success=cfg.demo_success)
+        starts = demo_starts(len(demo["frames"]))
+        if cfg.demo_order == "backward":
+            curriculum = BackwardCurriculum(starts, back=cfg.demo_back, success=cfg.demo_success)
+        else:
+            window = (0, starts - 1, 0.0)
     envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo)
     n_actions = int(envs.single_action_space.n)
     net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
@@ -219,7 +227,9 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
     reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
     if curriculum is not None:
-        envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind)
+        window = (*curriculum.window(), cfg.demo_behind)
+    if window is not None:
+        envs.call("set_demo_window", *window)
     next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
     next_obs = torch.from_numpy(next_obs)
     next_done = torch.zeros(cfg.envs)
@@ -274,10 +284,11 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             run.log_scalars(step, "losses", **stats)
             run.log_scalars(step, "charts", SPS=run.progress.sps)
             demo_status = {}
+            if window is not None:
+                start = "anywhere" if curriculum is None else "reset" if curriculum.done else f"frame {curriculum.start_frame}"
+                demo_status = {"start": start, "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
             if curriculum is not None:
                 run.log_scalars(step, "charts", demo_start_frame=curriculum.start_frame)
-                demo_status = {"start": "reset" if curriculum.done else f"frame {curriculum.start_frame}",
-                               "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
             run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"], **demo_status)
             if after_update is not None:
                 status = {"reset_flags": list(reset_flags), "demo_done": curriculum is None or curriculum.done,
