@@ -1,3 +1,4 @@
+import gc
 import json
 
 import numpy as np
@@ -120,7 +121,9 @@ def test_demo_start_restores_states_along_the_demonstration():
     _, info = env.reset(seed=2)
     assert info["demo_start"] == 0 and info["x_pos"] < 60
     # Snapshots replayed once elsewhere (as make_vec_env does for its workers) start the same states.
-    shared = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, snapshots=demo_snapshots(None, demo))
+    snapshots = demo_snapshots(None, demo)
+    gc.collect()  # the emulator that took them must outlive them (loading after it is freed crashes)
+    shared = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, snapshots=snapshots)
     shared.set_demo_window(4, 4)
     obs_shared, info_shared = shared.reset(seed=1)
     assert np.array_equal(obs_shared, ref.unwrapped.screen) and info_shared["x_pos"] == info_start["x_pos"]

@@ -250,22 +250,28 @@ def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:
     from mario_rl.curriculum import DEMO_STRIDE
 
     stride = stride or DEMO_STRIDE
-    own = base is None
-    if own:
+    if base is None:
         import gym_super_mario_bros
 
         base = gym_super_mario_bros.make(env_id(demo["stage"])).unwrapped
     base.reset(seed=demo["seed"])
-    snapshots = [base.dump_state()]
+    snapshots = _Snapshots([base.dump_state()])
+    # nes-py's snapshots point into the emulator that took them: loading one after that emulator
+    # is freed crashes (measured: a segfault), so the list keeps it alive.
+    snapshots.source = base
     for i, b in enumerate(demo["frames"][:-1]):  # never a snapshot at the (terminal) flag frame
         _, _, terminated, truncated, _ = base.step(int(b))
         if terminated or truncated:
             raise UserError(f"the demonstration ends at frame {i + 1}, before its last frame")
         if (i + 1) % stride == 0:
             snapshots.append(base.dump_state())
-    if own:
-        base.close()
     return snapshots
+
+
+class _Snapshots(list):
+    """A list of emulator snapshots that holds on to the emulator they came from (`source`)."""
+
+    source: gym.Env | None = None
 
 
 def action_bytes(actions: str) -> list[int]:
