@@ -182,9 +182,9 @@ class DemoStart(gym.Wrapper):
     """Start episodes from states along a demonstration (Salimans and Chen, 2018, "backward" starts).
 
     At construction the demonstration is replayed once on the base env, keeping an
-    emulator snapshot every `stride` frames (or `snapshots` from `demo_snapshots` are used). A reset then, unless told to start
-    from the beginning, restores a snapshot picked uniformly from the window set by
-    `set_demo_window(lo, hi, behind)` (snapshot indices); the learner moves the window back
+    emulator snapshot every `stride` frames (unless `snapshots` from `demo_snapshots` are
+    given). A reset then, unless told to start from the beginning, restores a snapshot
+    picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the learner moves the window back
     towards the start as the agent learns to finish from it. A share `behind` of the
     starts is drawn from the whole stretch after `lo` instead, so that every obstacle
     already passed keeps being practised from close by: an agent that clears each

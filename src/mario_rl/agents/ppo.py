@@ -185,7 +185,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
         if cfg.demo_order == "backward":
             curriculum = BackwardCurriculum(starts, back=cfg.demo_back, success=cfg.demo_success)
         else:
-            window = (0, starts - 1, 0.0)
+            window = (0, starts - 1, 0.0)  # every start state, for the whole run
     envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo)
     n_actions = int(envs.single_action_space.n)
     net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
@@ -228,10 +228,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     actions = torch.zeros((cfg.num_steps, cfg.envs), dtype=torch.long)
     logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
     reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
-    if curriculum is not None:
-        window = (*curriculum.window(), cfg.demo_behind)
-    if window is not None:
-        envs.call("set_demo_window", *window)
+    if demo is not None:
+        envs.call("set_demo_window", *(window if curriculum is None else (*curriculum.window(), cfg.demo_behind)))
     next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
     next_obs = torch.from_numpy(next_obs)
     next_done = torch.zeros(cfg.envs)
@@ -286,7 +284,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             run.log_scalars(step, "losses", **stats)
             run.log_scalars(step, "charts", SPS=run.progress.sps)
             demo_status = {}
-            if window is not None:
+            if demo is not None:
                 start = "anywhere" if curriculum is None else "reset" if curriculum.done else f"frame {curriculum.start_frame}"
                 demo_status = {"start": start, "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
             if curriculum is not None:
