@@ -104,9 +104,9 @@ def raw_env(stage: str):
     """The raw single-stage game (byte actions, one frame per step) with a lean per-frame info."""
     import gym_super_mario_bros
 
-    from mario_rl.envs import lean_info
+    from mario_rl.envs import lean_game
 
-    return lean_info(gym_super_mario_bros.make(env_id(stage))).unwrapped
+    return lean_game(gym_super_mario_bros.make(env_id(stage))).unwrapped
 
 
 def mario_x(env) -> int:
