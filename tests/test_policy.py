@@ -132,3 +132,29 @@ def test_sampling_policy_is_seeded_and_greedy_is_not_random(tmp_path):
     with pytest.raises(UserError):
         load_policy(path, "softmax")
     assert torch.is_grad_enabled()
+
+
+def test_sampling_temperature_sharpens_towards_greedy(tmp_path):
+    import torch
+
+    from mario_rl.envs import Preprocessing
+    from mario_rl.nets import ActorCritic
+    from mario_rl.policy import load_policy, save_policy
+
+    torch.manual_seed(0)
+    net = ActorCritic(in_channels=4, n_actions=7, frame_size=84)
+    with torch.no_grad():
+        net.policy.weight.mul_(300.0)  # logits a few units apart, so that the temperature matters
+    path = tmp_path / "p.safetensors"
+    save_policy(path, net, algorithm="ppo", network="ActorCritic",
+                network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
+                preprocessing=Preprocessing("simple"), stage="1-1", steps=0,
+                extra={"act": "sample", "temperature": 0.01})
+    obs = np.random.default_rng(0).integers(0, 256, (4, 84, 84), dtype=np.uint8)
+    greedy = load_policy(path, "greedy").act(obs)
+    cold = load_policy(path)  # the file's temperature, 0.01
+    assert cold.temperature == 0.01 and {cold.act(obs) for _ in range(50)} == {greedy}
+    warm = load_policy(path, temperature=1.0)
+    assert len({warm.act(obs) for _ in range(200)}) > 1
+    with pytest.raises(UserError, match="temperature must be positive"):
+        load_policy(path, temperature=0.0)

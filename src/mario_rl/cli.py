@@ -71,6 +71,8 @@ class EvalArgs:
     """print the full result as JSON"""
     act: str | None = None
     """greedy or sample (default: what the policy file says, greedy if nothing)"""
+    temperature: float | None = None
+    """sampling temperature of --act sample, below 1 sharpens (default: what the policy file says, else 1)"""
     out: Path | None = None
     """also write the result JSON to this file"""
     video: Path | None = None
@@ -165,7 +167,7 @@ def cmd_eval(args: list[str]) -> None:
         from mario_rl.video import check_output_path
 
         check_output_path(a.video)
-    policy = load_policy(a.policy, a.act)
+    policy = load_policy(a.policy, a.act, a.temperature)
 
     def show(r):
         if not a.json:
@@ -182,7 +184,8 @@ def cmd_eval(args: list[str]) -> None:
         print(f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
               f"(clear rate {result['clear_rate']:.2f}, sticky {a.sticky}, no-ops 0..{a.noop_max}) | "
               f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
-              f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}")
+              f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
+              + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else ""))
 
 
 def cmd_bench(args: list[str]) -> None:

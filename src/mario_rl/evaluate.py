@@ -66,7 +66,7 @@ def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: f
         if recorder is not None:
             recorder.close()
     return summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, act=getattr(policy, "mode", "greedy"),
-                     policy=policy.meta)
+                     temperature=getattr(policy, "temperature", None), policy=policy.meta)
 
 
 def summarize(results: list[dict], policy: dict | None = None, **context) -> dict:

@@ -40,13 +40,16 @@ def bundled_policy_path(stage: str) -> Path | None:
 class Policy:
     """A trained network plus the preprocessing and action set it was trained with."""
 
-    def __init__(self, net: nn.Module, meta: dict, mode: str | None = None):
+    def __init__(self, net: nn.Module, meta: dict, mode: str | None = None, temperature: float | None = None):
         self.net = net.eval()
         self.meta = meta
         self.preprocessing = Preprocessing(**meta["preprocessing"])
         self.mode = mode or meta.get("act", "greedy")
         if self.mode not in ACT_MODES:
             raise UserError(f"unknown act mode {self.mode!r}: choose greedy or sample")
+        self.temperature = float(temperature if temperature is not None else meta.get("temperature", 1.0))
+        if not self.temperature > 0:
+            raise UserError(f"temperature must be positive, got {self.temperature}")
         self._rng = torch.Generator().manual_seed(0)
 
     def seed(self, seed: int) -> None:
@@ -78,16 +81,15 @@ class Policy:
         return wrap_preprocessing(base_env, self.preprocessing)
 
     @torch.no_grad()
-    @torch.no_grad()
     def act(self, obs: np.ndarray) -> int:
         """The action for one observation (frame_stack, size, size) uint8: the most likely one
         ("greedy"), or one drawn from the policy's distribution ("sample", as an actor-critic acts
-        while it trains)."""
+        while it trains), sharpened by a temperature below 1 (softmax(logits / temperature))."""
         x = torch.as_tensor(np.asarray(obs)).unsqueeze(0)
         out = self.net(x)
         logits = out[0] if isinstance(out, tuple) else out  # (logits, value) for actor-critics
         if self.mode == "sample":
-            return int(torch.multinomial(logits.softmax(1), 1, generator=self._rng).item())
+            return int(torch.multinomial((logits / self.temperature).softmax(1), 1, generator=self._rng).item())
         return int(logits.argmax(dim=1).item())
 
     def __repr__(self) -> str:
@@ -112,10 +114,10 @@ def save_policy(path: Path, net: nn.Module, *, algorithm: str, network: str, net
     save_tensors(path, {k: v for k, v in net.state_dict().items()}, meta)
 
 
-def load_policy(path_or_stage: str | Path, mode: str | None = None) -> Policy:
+def load_policy(path_or_stage: str | Path, mode: str | None = None, temperature: float | None = None) -> Policy:
     """Load a policy file, or the bundled policy for a stage name such as "1-1".
 
-    `mode` ("greedy" or "sample") overrides how the file says the policy acts.
+    `mode` ("greedy" or "sample") and `temperature` (of "sample") override what the file says.
     """
     if isinstance(path_or_stage, str) and path_or_stage in STAGES:
         path = bundled_policy_path(path_or_stage)
@@ -131,4 +133,4 @@ def load_policy(path_or_stage: str | Path, mode: str | None = None) -> Policy:
         net.load_state_dict(tensors)
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: weights do not fit the network it names ({str(e).splitlines()[0]})") from None
-    return Policy(net, meta, mode)
+    return Policy(net, meta, mode, temperature)
