@@ -188,3 +188,26 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert result["episodes"] == 1 and result["seeds"] == [1000] and result["passed"] is False
     assert (out / "policy.safetensors").exists() and (out / "eval.mp4").exists()
     assert (out / "run" / "checkpoint.safetensors").exists()
+
+
+def test_cells_tell_changed_blocks_near_mario_apart():
+    """A block revealed near Mario (8-4's way on) is a new cell; one far away is not."""
+    from mario_rl.explore import blocks_near, cell_key, mario_x, raw_env
+
+    env = raw_env("1-1")
+    env.reset(seed=0)
+    for _ in range(60):
+        env.step(0x80)  # run right, clear of the first goomba
+    x = mario_x(env)
+    base = cell_key(env)
+    near = blocks_near(env, x)
+    assert near.shape == (5, 13) and near[:, 11:].all() and not near[:, :3].any()  # ground below, sky above
+    col = (x // 16) % 32
+    addr = 0x0500 + (col >> 4) * 0xD0 + (col & 15) + 16 * 7  # Mario's column, row 7 (a block's height)
+    env.ram[addr] = 0xC4  # a used block appears
+    assert cell_key(env)[:4] == base[:4] and cell_key(env) != base
+    env.ram[addr] = 0
+    assert cell_key(env) == base
+    far = (col + 10) % 32
+    env.ram[0x0500 + (far >> 4) * 0xD0 + (far & 15) + 16 * 7] = 0xC4
+    assert cell_key(env) == base
