@@ -127,7 +127,8 @@ def blocks_near(env, x: int, reach: int = 2) -> np.ndarray:
 
     The game keeps the blocks of two screens in a ring at 0x0500 (13 rows of 16 columns per
     screen, world column w in screen (w >> 4) & 1, column w & 15); the columns around Mario
-    are always on screen, hence loaded.
+    are always on screen, hence loaded. A negative x (mario_x's wrapped pages) lands on the
+    same ring columns as the raw one, since the wrap, 0x10000 // 16, is a multiple of 32.
     """
     cols = np.arange(x // 16 - reach, x // 16 + reach + 1) % 32
     return env.ram[0x0500 + (cols >> 4)[:, None] * 0xD0 + (cols & 15)[:, None] + _ROWS]
@@ -143,7 +144,7 @@ def cell_key(env) -> tuple[int, int, int, int, int]:
     # dropped (the search stalled at that pipe for 23 minutes). Unchanged blocks are a function of
     # x, so they split nothing.
     return (int(ram[0x0750]), min(int(ram[0x00B5]), 2), x // 16, int(ram[0x03B8]) // 32,
-            zlib.crc32(blocks_near(env, max(x, 0)).tobytes()))
+            zlib.crc32(blocks_near(env, x).tobytes()))
 
 
 @dataclass
