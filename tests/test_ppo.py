@@ -85,23 +85,39 @@ def test_vector_env_shapes_autoreset_and_statistics():
 
 
 def test_grouped_vector_env_matches_one_process_per_env():
-    """Envs grouped two to a process step exactly as envs one to a process (no sticky actions: deterministic)."""
+    """Envs grouped two to a process, or stepped in two parts, step exactly as envs one to a process
+    (no sticky actions: deterministic)."""
     single, grouped = make_vec_env("1-1", 4, "right", per_process=1), make_vec_env("1-1", 4, "right", per_process=2)
+    parted = make_vec_env("1-1", 4, "right", per_process=1, parts=2)
     try:
-        assert grouped.single_observation_space == single.single_observation_space
-        assert grouped.single_action_space == single.single_action_space and grouped.num_envs == 4
-        assert grouped.call("get_action_meanings") == single.call("get_action_meanings")
+        assert parted.parts == (slice(0, 2), slice(2, 4))
+        for other in (grouped, parted):
+            assert other.single_observation_space == single.single_observation_space
+            assert other.single_action_space == single.single_action_space and other.num_envs == 4
+            assert other.call("get_action_meanings") == single.call("get_action_meanings")
         obs_a, _ = single.reset(seed=0)
         obs_b, _ = grouped.reset(seed=0)
-        assert np.array_equal(obs_a, obs_b)
+        obs_c, _ = parted.reset(seed=0)
+        assert np.array_equal(obs_a, obs_b) and np.array_equal(obs_a, obs_c)
         rng, finished = np.random.default_rng(1), []
-        for _ in range(1500):
+        for n in range(1500):
             actions = rng.integers(0, 2, size=4)
             a, b = single.step(actions), grouped.step(actions)
-            for x, y in zip(a[:4], b[:4]):
-                assert np.array_equal(x, y)
-            assert np.array_equal(a[4]["x_pos"], b[4]["x_pos"])
+            if n % 2:  # the whole vector env's step, and each part's on its own, second part first
+                c = parted.step(actions)
+            else:
+                parted.step_part_async(1, actions[2:])
+                parted.step_part_async(0, actions[:2])
+                c1, c0 = parted.step_part_wait(1), parted.step_part_wait(0)
+                assert len(c0[0]) == 2 and c0[4]["x_pos"].shape == (2,)
+                c = (*(np.concatenate([x, y]) for x, y in zip(c0[:4], c1[:4])),
+                     {"x_pos": np.concatenate([c0[4]["x_pos"], c1[4]["x_pos"]]),
+                      "eps": finished_episodes(c0[4]) + [(i + 2, ep) for i, ep in finished_episodes(c1[4])]})
+            for x, y, z in zip(a[:4], b[:4], c[:4]):
+                assert np.array_equal(x, y) and np.array_equal(x, z)
+            assert np.array_equal(a[4]["x_pos"], b[4]["x_pos"]) and np.array_equal(a[4]["x_pos"], c[4]["x_pos"])
             assert finished_episodes(a[4]) == finished_episodes(b[4])
+            assert finished_episodes(a[4]) == c[4].get("eps", finished_episodes(c[4]))
             finished += finished_episodes(b[4])
             if {i // 2 for i, _ in finished} == {0, 1}:
                 break
@@ -109,8 +125,11 @@ def test_grouped_vector_env_matches_one_process_per_env():
     finally:
         single.close()
         grouped.close()
+        parted.close()
     with pytest.raises(UserError, match="per_process"):
         make_vec_env("1-1", 4, per_process=3)
+    with pytest.raises(UserError, match="parts"):
+        make_vec_env("1-1", 4, per_process=2, parts=4)
 
 
 def test_ppo_config_checks():

@@ -593,47 +593,82 @@ def _concat_infos(infos: list[dict], k: int) -> dict:
 
 
 class GroupedVectorEnv(gym.vector.VectorEnv):
-    """One vector env over `EnvGroup` processes of k envs each (env i is env i % k of group i // k)."""
+    """One vector env over `EnvGroup` processes of k envs each (env i is env i % k of group i // k).
 
-    def __init__(self, group_fns: list[Callable[[], gym.Env]], k: int):
-        self.groups = gym.vector.AsyncVectorEnv(group_fns, shared_memory=True,
-                                                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        self.k, self.num_envs = k, len(group_fns) * k
-        space = self.groups.single_observation_space
+    With `parts` > 1 the groups are split into that many AsyncVectorEnvs that step
+    independently: `step_part_async(p, actions)` sends part p its actions and
+    `step_part_wait(p)` collects its step, so that a learner can pick one part's
+    actions while the other parts' emulators run (EnvPool's asynchronous mode does the
+    same). `parts` lists each part's env indices as a slice. `step` steps every part.
+    """
+
+    def __init__(self, group_fns: list[Callable[[], gym.Env]], k: int, parts: int = 1):
+        if parts < 1 or len(group_fns) % parts:
+            raise UserError(f"{len(group_fns)} env groups cannot be split into {parts} parts")
+        n = len(group_fns) // parts
+        self._parts = [gym.vector.AsyncVectorEnv(group_fns[i * n:(i + 1) * n], shared_memory=True,
+                                                 autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+                       for i in range(parts)]
+        self.k, self._groups_per_part, self.num_envs = k, n, len(group_fns) * k
+        self.parts = tuple(slice(i * n * k, (i + 1) * n * k) for i in range(parts))
+        space = self._parts[0].single_observation_space
         self.single_observation_space = gym.spaces.Box(0, 255, space.shape[1:], space.dtype)
-        self.single_action_space = gym.spaces.Discrete(int(self.groups.single_action_space.nvec[0]))
+        self.single_action_space = gym.spaces.Discrete(int(self._parts[0].single_action_space.nvec[0]))
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
 
     def _flat(self, obs: np.ndarray) -> np.ndarray:
-        return obs.reshape(self.num_envs, *obs.shape[2:])
+        return obs.reshape(-1, *obs.shape[2:])
 
     def reset(self, *, seed=None, options=None):
-        obs, info = self.groups.reset(seed=seed, options=options)
-        return self._flat(obs), _concat_infos([inner for _, inner in info["group"]], self.k)
+        for p, part in enumerate(self._parts):
+            # Group g gets seed + g whatever the parts, so that env i's seed depends on i alone.
+            part.reset_async(seed=None if seed is None else seed + p * self._groups_per_part, options=options)
+        results = [part.reset_wait() for part in self._parts]
+        infos = [inner for _, info in results for _, inner in info["group"]]
+        return np.concatenate([self._flat(obs) for obs, _ in results]), _concat_infos(infos, self.k)
 
-    def step(self, actions):
-        obs, _, _, _, info = self.groups.step(np.asarray(actions).reshape(-1, self.k))
+    def step_part_async(self, p: int, actions) -> None:
+        self._parts[p].step_async(np.asarray(actions).reshape(-1, self.k))
+
+    def step_part_wait(self, p: int):
+        """The step of part p's envs: (obs, rewards, terminated, truncated, info), each over those envs only."""
+        obs, _, _, _, info = self._parts[p].step_wait()
         outs, infos = zip(*info["group"])
         rewards, terminated, truncated = zip(*outs)
         return (self._flat(obs), np.concatenate(rewards), np.concatenate(terminated), np.concatenate(truncated),
                 _concat_infos(list(infos), self.k))
 
+    def step(self, actions):
+        actions = np.asarray(actions)
+        for p, part in enumerate(self.parts):
+            self.step_part_async(p, actions[part])
+        results = [self.step_part_wait(p) for p in range(len(self.parts))]
+        if len(results) == 1:
+            return results[0]
+        obs, rewards, terminated, truncated = (np.concatenate(x) for x in zip(*(r[:4] for r in results)))
+        # Each part's info is already one vector info; a part's arrays cover its envs only.
+        return obs, rewards, terminated, truncated, _concat_infos([r[4] for r in results], self.num_envs // len(self.parts))
+
     def call(self, name: str, *args, **kwargs) -> tuple:
-        return tuple(r for group in self.groups.call("call_inner", name, *args, **kwargs) for r in group)
+        return tuple(r for part in self._parts for group in part.call("call_inner", name, *args, **kwargs)
+                     for r in group)
 
     def close_extras(self, **kwargs):
-        self.groups.close(**kwargs)
+        for part in self._parts:
+            part.close(**kwargs)
 
 
 def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", *, sticky: float = 0.0,
                  noop_max: int = 0, asynchronous: bool = True, demo: dict | None = None,
-                 per_process: int = 0) -> gym.vector.VectorEnv:
+                 per_process: int = 0, parts: int = 1) -> gym.vector.VectorEnv:
     """`num_envs` copies of make_env in emulator processes, observations in shared memory.
 
     `per_process` envs share a process (`EnvGroup`); 0 picks one process per core when
-    num_envs divides evenly, else one process per env. Autoreset happens in the same
+    num_envs divides evenly, else one process per env. With `parts` > 1 the envs
+    step in that many independent parts (a `GroupedVectorEnv`, see its
+    step_part_async), one process per core in each. Autoreset happens in the same
     step (Gymnasium's SAME_STEP mode): when an episode ends, the returned observation
     is already the next episode's first one; the finished episode's statistics are in
     info["final_info"], read them with `finished_episodes(info)`.
@@ -648,6 +683,8 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
         raise UserError(f"num_envs must be positive, got {num_envs}")
     if per_process < 0 or (per_process and num_envs % per_process):
         raise UserError(f"per_process must divide num_envs ({num_envs}), got {per_process}")
+    if parts < 1 or num_envs % parts or (per_process and (num_envs // per_process) % parts):
+        raise UserError(f"parts must divide num_envs ({num_envs}) and the number of processes, got {parts}")
     states = None
     if demo is not None and (not asynchronous or multiprocessing.get_start_method() == "fork"):
         # Replay the demonstration once here rather than in every worker (16 replays of 1-1's
@@ -660,13 +697,14 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     if not per_process:
         cores = os.cpu_count() or 1
-        per_process = num_envs // cores if num_envs > cores and num_envs % cores == 0 else 1
+        per_part = num_envs // parts
+        per_process = per_part // cores if per_part > cores and per_part % cores == 0 else 1
     # The platform's default start method (fork on Linux): workers start fast and scripts need
     # no __main__ guard; a worker never runs torch, so forking the learner's threads is harmless.
-    if per_process == 1:
+    if per_process == 1 and parts == 1:
         return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=mode)
     groups = [partial(EnvGroup, fns[i:i + per_process]) for i in range(0, num_envs, per_process)]
-    return GroupedVectorEnv(groups, per_process)
+    return GroupedVectorEnv(groups, per_process, parts)
 
 
 def finished_episodes(info: dict) -> list[tuple[int, dict]]:

@@ -37,6 +37,11 @@ class PPOConfig(TrainConfig):
     """parallel emulators, one process each; several per core keep every core busy (bench: 16 on 2 cores)"""
     num_steps: int = 128
     """steps per env in each rollout"""
+    env_parts: int = 0
+    """the envs step in this many parts, in turns: the learner picks one part's actions while the other
+    parts' emulators run, instead of leaving the cores idle during its forward pass (1: all step together;
+    0: two when --envs is even and at least 4, else one). Measured here, 16 envs on 2 cores, two pairs of
+    runs: one part 201.5 and 210.4 agent steps/s, two parts 215.7 and 244.4 (the machine drifts)"""
     lr: float = 2.5e-4
     """Adam learning rate, annealed linearly to 0 when --anneal-lr"""
     anneal_lr: bool = True
@@ -82,6 +87,8 @@ class PPOConfig(TrainConfig):
         for name in ("envs", "num_steps", "num_minibatches", "update_epochs", "micro_batch"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.env_parts < 0 or self.env_parts and self.envs % self.env_parts:
+            raise UserError(f"--env-parts must divide --envs ({self.envs}), got {self.env_parts}")
         if (self.envs * self.num_steps) % self.num_minibatches:
             raise UserError("--envs x --num-steps must be divisible by --num-minibatches")
         if self.lr <= 0:
@@ -186,7 +193,12 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             curriculum = BackwardCurriculum(starts, back=cfg.demo_back, success=cfg.demo_success)
         else:
             window = (0, starts - 1, 0.0)  # every start state, for the whole run
-    envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo)
+    envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo,
+                        parts=cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1))
+    # Each part of the envs is stepped asynchronously (make_vec_env's parts); a plain vector env is one part.
+    env_parts = getattr(envs, "parts", (slice(0, cfg.envs),))
+    send = getattr(envs, "step_part_async", lambda p, a: envs.step_async(a))
+    receive = getattr(envs, "step_part_wait", lambda p: envs.step_wait())
     n_actions = int(envs.single_action_space.n)
     net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
     agent = ActorCritic(**net_kwargs)
@@ -245,27 +257,38 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             if cfg.anneal_lr:
                 optimizer.param_groups[0]["lr"] = cfg.lr * max(0.0, 1.0 - step / cfg.steps)
             torch.set_num_threads(1)
-            for t in range(cfg.num_steps):
-                obs_buf[t], dones[t] = next_obs, next_done
-                with torch.no_grad():
-                    logits, value = agent(next_obs)
-                    logp = logits.log_softmax(1)
-                    action = torch.multinomial(logp.exp(), 1)[:, 0]
-                actions[t], logprobs[t], values[t] = action, logp.gather(1, action[:, None])[:, 0], value
-                obs, reward, terminated, truncated, info = envs.step(action.numpy())
-                rewards[t] = torch.from_numpy(np.asarray(reward, np.float32)) * cfg.reward_scale
-                next_obs = torch.from_numpy(obs)
-                # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
-                next_done = torch.from_numpy((terminated | truncated).astype(np.float32))
-                step += cfg.envs
-                for _, ep in finished_episodes(info):
-                    episode += 1
-                    run.log_episode(step, episode=episode, **{"return": round(float(ep["r"]), 3)},
-                                    length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]))
-                    if int(ep["start"]) == 0:
-                        reset_flags.append(int(ep["flag"]))
-                    if curriculum is not None and curriculum.record(int(ep["start"]), bool(ep["flag"])):
-                        envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind)
+            move_window = False
+            # Step t of each part: collect its step t-1 (sent a part ago: it ran while the learner
+            # worked on the other parts), pick its actions, send them, go on to the next part.
+            for t in range(cfg.num_steps + 1):
+                for p, part in enumerate(env_parts):
+                    if t > 0:
+                        obs, reward, terminated, truncated, info = receive(p)
+                        rewards[t - 1, part] = torch.from_numpy(np.asarray(reward, np.float32)) * cfg.reward_scale
+                        next_obs[part] = torch.from_numpy(obs)
+                        # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
+                        next_done[part] = torch.from_numpy((terminated | truncated).astype(np.float32))
+                        step += len(obs)
+                        for _, ep in finished_episodes(info):
+                            episode += 1
+                            run.log_episode(step, episode=episode, **{"return": round(float(ep["r"]), 3)},
+                                            length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]))
+                            if int(ep["start"]) == 0:
+                                reset_flags.append(int(ep["flag"]))
+                            if curriculum is not None:
+                                move_window |= curriculum.record(int(ep["start"]), bool(ep["flag"]))
+                    if t == cfg.num_steps:
+                        continue
+                    obs_buf[t, part], dones[t, part] = next_obs[part], next_done[part]
+                    with torch.no_grad():
+                        logits, value = agent(next_obs[part])
+                        logp = logits.log_softmax(1)
+                        action = torch.multinomial(logp.exp(), 1)[:, 0]
+                    actions[t, part], values[t, part] = action, value
+                    logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
+                    send(p, action.numpy())
+            if move_window:  # every part is idle now, as a call to the envs needs
+                envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind)
             with torch.no_grad():
                 next_value = agent(next_obs)[1]
             torch.set_num_threads(update_threads)
