@@ -59,6 +59,11 @@ def test_cells_prefer_ways_in_that_stay_in_one_area():
     born = explorer.archive[key].born
     explorer._visit(bytearray(after.frames), 0)
     assert len(explorer.archive[key].frames) == len(after.frames) and explorer.archive[key].born == born
+    # Much sooner, with --sooner: a frontier cell again.
+    explorer.cfg.sooner = 8
+    explorer._visit(bytearray(after.frames[:-8]), 0)
+    assert len(explorer.archive[key].frames) == len(after.frames) - 8 and explorer.archive[key].born > born
+    explorer.cfg.sooner = 0
     # Polishing a path with two changes: the frontier rounds start from cells with fewer.
     explorer.cfg.frontier_prob, explorer.cfg.moves, explorer.changes_bound = 1.0, 5, 2
     detour = [c for c in explorer.archive.values() if c.changes == 2]
@@ -141,7 +146,8 @@ def test_explore_cli_writes_a_replayable_path(tmp_path):
     assert summary["replay"]["frames"] == len(path["frames"]) and summary["best_x"] > 40
 
 
-@pytest.mark.parametrize("args", [["9-1"], ["game"], ["1-1", "--minutes", "0"], ["1-1", "--actions", "warp"]])
+@pytest.mark.parametrize("args", [["9-1"], ["game"], ["1-1", "--minutes", "0"], ["1-1", "--actions", "warp"],
+                                  ["1-1", "--sooner", "-1"]])
 def test_explore_bad_input(tmp_path, args):
     proc = run_cli("explore", *args, "--out", tmp_path / "ex")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
