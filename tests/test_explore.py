@@ -146,6 +146,24 @@ def test_explore_cli_writes_a_replayable_path(tmp_path):
     assert summary["replay"]["frames"] == len(path["frames"]) and summary["best_x"] > 40
 
 
+def test_explore_starts_from_a_given_path(tmp_path):
+    """--start: the workers follow the path first, so the search begins at least where it ends."""
+    start = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}
+    walked = replay(start)
+    assert not walked["ended"] and walked["x"] > 100
+    (tmp_path / "start.json").write_text(json.dumps(start))
+    out = tmp_path / "ex"
+    proc = run_cli("explore", "1-1", "--minutes", 0.1, "--workers", 1, "--out", out, "--no-video",
+                   "--start", tmp_path / "start.json")
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads((out / "explore.json").read_text())
+    assert summary["best_x"] >= walked["x"] - 16 and summary["config"]["start"] == str(tmp_path / "start.json")
+    # A path on another stage is refused before anything runs.
+    (tmp_path / "other.json").write_text(json.dumps({**start, "stage": "1-2"}))
+    proc = run_cli("explore", "1-1", "--out", tmp_path / "ex2", "--start", tmp_path / "other.json")
+    assert proc.returncode == 2 and "not on 1-1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args", [["9-1"], ["game"], ["1-1", "--minutes", "0"], ["1-1", "--actions", "warp"],
                                   ["1-1", "--sooner", "-1"]])
 def test_explore_bad_input(tmp_path, args):

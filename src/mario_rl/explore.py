@@ -90,6 +90,9 @@ class ExploreConfig:
     that the search goes on from the faster arrival and the time saved carries to the cells after it
     (0: never; a shorter way in then only replaces the old one). Against the stage clock: 8-4's
     furthest path idled for hundreds of frames in places and ran out of time before the axe"""
+    start: Path | None = None
+    """a path to begin from (a demonstration JSON, such as an earlier search's furthest.json, for the same
+    stage and seed): every worker first adds the cells along it, so a search can go on where one stopped"""
 
 
 @dataclass
@@ -259,8 +262,10 @@ class Explorer:
                 "frames": self.frames_played}
 
 
-def _worker(cfg: ExploreConfig, worker: int, inbox, outbox) -> None:
+def _worker(cfg: ExploreConfig, worker: int, inbox, outbox, start: bytes = b"") -> None:
     explorer = Explorer(cfg, worker)
+    if start:
+        explorer.follow(start)
     last = 0.0
     best_sent, sent_solution = -1, (1 << 62, 1 << 62)
     try:
@@ -320,11 +325,19 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
         raise UserError("--repeat-prob must be in [0, 1) and --frontier-prob in [0, 1]")
     if cfg.frontier <= 0 or cfg.sooner < 0:
         raise UserError(f"--frontier must be positive and --sooner >= 0, got {cfg.frontier} and {cfg.sooner}")
+    start = b""
+    if cfg.start is not None:
+        demo = load_demo(cfg.start)
+        if demo["stage"] != cfg.stage or int(demo["seed"]) != cfg.seed:
+            raise UserError(f"--start {cfg.start} is a path on {demo['stage']} from seed {demo['seed']}, "
+                            f"not on {cfg.stage} from seed {cfg.seed}")
+        start = bytes(demo["frames"])
     workers = cfg.workers or mp.cpu_count()
     ctx = mp.get_context("fork")
     outbox = ctx.Queue()
     inboxes = [ctx.Queue() for _ in range(workers)]
-    procs = [ctx.Process(target=_worker, args=(cfg, w, inboxes[w], outbox), daemon=True) for w in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(cfg, w, inboxes[w], outbox, start), daemon=True)
+             for w in range(workers)]
     t0 = time.monotonic()
     for p in procs:
         p.start()
@@ -459,7 +472,7 @@ def run_explore(cfg: ExploreConfig, out: Path, video: bool = True, echo=print) -
         recorder = VideoRecorder(out / f"{name}.mp4")
     check = replay(demo, frame_sink=recorder)
     videos = [str(p) for p in recorder.close()] if recorder is not None else []
-    summary = {"config": asdict(cfg), "solved": result.solved, "verified": check["flag"], "replay": check,
+    summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, "solved": result.solved, "verified": check["flag"], "replay": check,
                "seconds": round(result.seconds, 1), "frames_played": result.frames_played,
                "cells": result.cells, "best_x": result.best_x, "demo_frames": len(demo["frames"]),
                "area_changes": result.changes,
