@@ -9,8 +9,8 @@ import gym_super_mario_bros
 from mario_rl import load_policy
 from mario_rl.envs import Preprocessing, StickyButtons
 from mario_rl.errors import UserError
-from mario_rl.nets import MarioNet
-from mario_rl.policy import save_policy
+from mario_rl.nets import ActorCritic, MarioNet
+from mario_rl.policy import MAX_BUNDLED_BYTES, REPO_MODELS, save_policy
 
 
 @pytest.fixture()
@@ -158,3 +158,40 @@ def test_sampling_temperature_sharpens_towards_greedy(tmp_path):
     assert len({warm.act(obs) for _ in range(200)}) > 1
     with pytest.raises(UserError, match="temperature must be positive"):
         load_policy(path, temperature=0.0)
+
+
+def test_bundle_policy_writes_how_to_play_it(policy_file, tmp_path):
+    from mario_rl.policy import bundle_policy
+
+    big, _ = policy_file  # the tutorial's MarioNet: 6.7 MB, too big to ship
+    with pytest.raises(UserError, match="over the 2,097,152"):
+        bundle_policy(big, "1-1", folder=tmp_path / "models")
+    assert not (tmp_path / "models" / "1-1.safetensors").exists()
+    torch.manual_seed(0)
+    net = ActorCritic(4, 7)
+    path = tmp_path / "ppo.safetensors"
+    save_policy(path, net, algorithm="ppo", network="ActorCritic",
+                network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
+                preprocessing=Preprocessing("simple"), stage="1-1", steps=123)
+    dst = bundle_policy(path, "1-1", act="sample", temperature=0.5, folder=tmp_path / "models")
+    assert dst == tmp_path / "models" / "1-1.safetensors"
+    bundled = load_policy(dst)
+    assert (bundled.mode, bundled.temperature) == ("sample", 0.5) and bundled.meta["steps"] == 123
+    assert all(torch.equal(a, b) for a, b in zip(bundled.net.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(UserError, match="trained on 1-1, not 1-2"):
+        bundle_policy(path, "1-2", folder=tmp_path / "models")
+    with pytest.raises(UserError, match="temperature must be positive"):
+        bundle_policy(path, "1-1", act="sample", temperature=0.0, folder=tmp_path / "models")
+    assert not (tmp_path / "models" / "1-2.safetensors").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO_MODELS.glob("*.safetensors"))), ids=lambda p: p.stem)
+def test_bundled_policies_load_by_stage_name(path):
+    """Every file in models/ is a policy for the stage it is named after, small enough to ship."""
+    assert path.stat().st_size <= MAX_BUNDLED_BYTES
+    policy = load_policy(path.stem)
+    assert policy.meta["stage"] == path.stem and policy.meta["format"] == "mario_rl.policy/1"
+    env = policy.wrap(gym_super_mario_bros.make(f"SuperMarioBros-{path.stem}-v0"))
+    obs, _ = env.reset(seed=0)
+    assert 0 <= policy.act(obs) < env.action_space.n
+    env.close()

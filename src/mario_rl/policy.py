@@ -134,3 +134,32 @@ def load_policy(path_or_stage: str | Path, mode: str | None = None, temperature:
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: weights do not fit the network it names ({str(e).splitlines()[0]})") from None
     return Policy(net, meta, mode, temperature)
+
+
+MAX_BUNDLED_BYTES = 2 * 1024 * 1024
+"""The size limit of a bundled policy file (the repository ships them)."""
+
+
+def bundle_policy(src: str | Path, stage: str, *, act: str | None = None, temperature: float | None = None,
+                  folder: Path = REPO_MODELS) -> Path:
+    """Copy a policy file to `folder`/<stage>.safetensors, where `load_policy(stage)` and `mario-rl play`
+    find it, with the act mode and temperature it is to be played with written into its header.
+
+    The weights are copied unchanged; the header says how it was evaluated before shipping (choose the
+    temperature on seeds other than the ones you report).
+    """
+    if stage not in STAGES or stage == "game":
+        raise UserError(f"bundle a policy for one stage (1-1 ... 8-4), not {stage!r}")
+    policy = load_policy(src, act, temperature)  # checks the file and the options
+    if policy.meta.get("stage") != stage:
+        raise UserError(f"{src} was trained on {policy.meta.get('stage')}, not {stage}")
+    tensors, meta = load_tensors(Path(src), "policy file")
+    meta = {**meta, "act": policy.mode, "temperature": policy.temperature}
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / f"{stage}.safetensors"
+    save_tensors(dst, tensors, meta)
+    if dst.stat().st_size > MAX_BUNDLED_BYTES:
+        dst.unlink()
+        raise UserError(f"{src} is {Path(src).stat().st_size:,} bytes, over the {MAX_BUNDLED_BYTES:,} a bundled "
+                        "policy may have")
+    return dst
