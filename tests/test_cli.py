@@ -27,6 +27,14 @@ def test_play_random_records_a_video_of_moving_frames(tmp_path):
     assert gif.exists() and iio.imread(gif).shape[0] > 5
 
 
+def test_play_defaults_to_the_bundled_1_1_policy_which_clears_under_the_protocol(tmp_path):
+    """`mario-rl play` with no options plays models/1-1.safetensors. Seed 1 (sticky actions 0.25, no-op
+    start) is one of its cleared episodes in models/1-1.eval.json; this one must clear too."""
+    proc = run_cli("play", "--sticky", "0.25", "--noop-max", "30", "--seed", "1", "--out", tmp_path / "p.mp4")
+    assert proc.returncode == 0, proc.stderr
+    assert "the bundled policy for 1-1" in proc.stdout and "CLEARED" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("stage", ["9-1", "1-5", "abc"])
 @pytest.mark.parametrize("command", ["play", "train", "eval"])
 def test_unknown_stage(command, stage, tmp_path):
