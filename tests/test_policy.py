@@ -13,15 +13,19 @@ from mario_rl.nets import ActorCritic, MarioNet
 from mario_rl.policy import MAX_BUNDLED_BYTES, REPO_MODELS, save_policy
 
 
-@pytest.fixture()
-def policy_file(tmp_path):
+def write_policy(path, net_class=MarioNet, algorithm="ddqn"):
+    """A policy file for 1-1 with `simple` actions and a freshly initialized (seed 0) network."""
     torch.manual_seed(0)
-    net = MarioNet(4, 7)
-    path = tmp_path / "p.safetensors"
-    save_policy(path, net, algorithm="ddqn", network="MarioNet",
+    net = net_class(4, 7)
+    save_policy(path, net, algorithm=algorithm, network=net_class.__name__,
                 network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
                 preprocessing=Preprocessing("simple"), stage="1-1", steps=123)
     return path, net
+
+
+@pytest.fixture()
+def policy_file(tmp_path):
+    return write_policy(tmp_path / "p.safetensors")
 
 
 def test_round_trip_same_actions(policy_file):
@@ -167,17 +171,17 @@ def test_bundle_policy_writes_how_to_play_it(policy_file, tmp_path):
     with pytest.raises(UserError, match="over the 2,097,152"):
         bundle_policy(big, "1-1", folder=tmp_path / "models")
     assert not (tmp_path / "models" / "1-1.safetensors").exists()
-    torch.manual_seed(0)
-    net = ActorCritic(4, 7)
-    path = tmp_path / "ppo.safetensors"
-    save_policy(path, net, algorithm="ppo", network="ActorCritic",
-                network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
-                preprocessing=Preprocessing("simple"), stage="1-1", steps=123)
+    path, net = write_policy(tmp_path / "ppo.safetensors", ActorCritic, "ppo")
     dst = bundle_policy(path, "1-1", act="sample", temperature=0.5, folder=tmp_path / "models")
     assert dst == tmp_path / "models" / "1-1.safetensors"
     bundled = load_policy(dst)
     assert (bundled.mode, bundled.temperature) == ("sample", 0.5) and bundled.meta["steps"] == 123
     assert all(torch.equal(a, b) for a, b in zip(bundled.net.state_dict().values(), net.state_dict().values()))
+    # A file over the limit leaves the policy already bundled in place.
+    with pytest.raises(UserError, match="over the 2,097,152"):
+        bundle_policy(big, "1-1", folder=tmp_path / "models")
+    assert load_policy(dst).meta["network"] == "ActorCritic"
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["1-1.safetensors"]
     with pytest.raises(UserError, match="trained on 1-1, not 1-2"):
         bundle_policy(path, "1-2", folder=tmp_path / "models")
     with pytest.raises(UserError, match="temperature must be positive"):

@@ -472,7 +472,8 @@ def run_explore(cfg: ExploreConfig, out: Path, video: bool = True, echo=print) -
         recorder = VideoRecorder(out / f"{name}.mp4")
     check = replay(demo, frame_sink=recorder)
     videos = [str(p) for p in recorder.close()] if recorder is not None else []
-    summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, "solved": result.solved, "verified": check["flag"], "replay": check,
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    summary = {"config": config, "solved": result.solved, "verified": check["flag"], "replay": check,
                "seconds": round(result.seconds, 1), "frames_played": result.frames_played,
                "cells": result.cells, "best_x": result.best_x, "demo_frames": len(demo["frames"]),
                "area_changes": result.changes,

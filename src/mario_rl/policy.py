@@ -153,13 +153,16 @@ def bundle_policy(src: str | Path, stage: str, *, act: str | None = None, temper
     policy = load_policy(src, act, temperature)  # checks the file and the options
     if policy.meta.get("stage") != stage:
         raise UserError(f"{src} was trained on {policy.meta.get('stage')}, not {stage}")
-    tensors, meta = load_tensors(Path(src), "policy file")
-    meta = {**meta, "act": policy.mode, "temperature": policy.temperature}
+    meta = {**policy.meta, "act": policy.mode, "temperature": policy.temperature}
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / f"{stage}.safetensors"
-    save_tensors(dst, tensors, meta)
-    if dst.stat().st_size > MAX_BUNDLED_BYTES:
-        dst.unlink()
-        raise UserError(f"{src} is {Path(src).stat().st_size:,} bytes, over the {MAX_BUNDLED_BYTES:,} a bundled "
-                        "policy may have")
+    # Written beside the destination and measured before the rename, so that a file over the limit never
+    # replaces a policy already bundled there.
+    tmp = folder / f".{stage}.bundle.safetensors"
+    save_tensors(tmp, policy.net.state_dict(), meta)
+    if tmp.stat().st_size > MAX_BUNDLED_BYTES:
+        size = tmp.stat().st_size
+        tmp.unlink()
+        raise UserError(f"{src} makes a {size:,}-byte file, over the {MAX_BUNDLED_BYTES:,} a bundled policy may have")
+    tmp.replace(dst)
     return dst
