@@ -72,6 +72,24 @@ def test_cells_prefer_ways_in_that_stay_in_one_area():
     assert all(c.chosen == 0 for c in detour)
 
 
+def test_furthest_rounds_start_on_the_last_screen_reached():
+    """With every round drawn from the furthest cells, no cell more than `furthest` pixels left of the
+    furthest x is picked (that x only grows, so the bound only tightens)."""
+    from pathlib import Path
+
+    demo = json.loads((Path(__file__).parent / "data" / "1-1-demo.json").read_text())
+    explorer = Explorer(ExploreConfig("1-1", seed=demo["seed"], moves=5, frontier_prob=0.0, furthest_prob=1.0,
+                                      furthest=64))
+    explorer.follow(bytes(demo["frames"][:1200]))
+    far = max(c.x for c in explorer.archive.values()) - 64
+    behind = [c for c in explorer.archive.values() if c.x < far]
+    assert len(behind) > 50
+    for _ in range(20):
+        explorer.round()
+    assert all(c.chosen == 0 for c in behind)
+    assert sum(c.chosen for c in explorer.archive.values()) == 20
+
+
 def test_backward_curriculum_moves_back_only_on_success():
     c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
     assert c.window() == (29, 29) and c.start_frame == 29 * DEMO_STRIDE
@@ -165,7 +183,8 @@ def test_explore_starts_from_a_given_path(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["9-1"], ["game"], ["1-1", "--minutes", "0"], ["1-1", "--actions", "warp"],
-                                  ["1-1", "--sooner", "-1"]])
+                                  ["1-1", "--sooner", "-1"], ["1-1", "--furthest-prob", "0.8"],
+                                  ["1-1", "--furthest", "0"]])
 def test_explore_bad_input(tmp_path, args):
     proc = run_cli("explore", *args, "--out", tmp_path / "ex")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

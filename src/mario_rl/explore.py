@@ -4,11 +4,14 @@ The NES emulator is deterministic and nes-py's snapshots are cheap (a dump takes
 about 0.2 ms, a load 0.04 ms, against 1.9 ms per frame), so instead of learning
 how to get somewhere we remember how we got there. An *archive* maps a *cell*, a
 coarse description of where Mario is, to the shortest known frame sequence that
-reaches it and a snapshot of the emulator there. Each round picks a cell (cells
-chosen or seen less often are picked more often), restores it, and presses random
-buttons for a while; a cell seen for the first time, or reached in fewer frames,
-is stored. No reward is used: novelty alone drives the search, which is what gets
-it through the maze castles, where going right is often wrong.
+reaches it and a snapshot of the emulator there. Each round picks a cell, restores
+it, and presses random buttons for a while; a cell seen for the first time, or
+reached in fewer frames, is stored. Half of the rounds start from the newest cells,
+a quarter from the cells on the last two screens left of the furthest x reached,
+the rest from any cell; within each pool, cells chosen or seen less often are picked
+more often. No reward is used: novelty drives the search, which is what gets it
+through the maze castles, where going right is often wrong; the furthest x only
+says where to look harder.
 
 The cell is (area, vertical band of the screen, x // 16, y // 32, the blocks around
 Mario). The area comes from the game's own area pointer, so a pipe or a maze
@@ -84,7 +87,13 @@ class ExploreConfig:
     frontier: int = 16
     """the newest cells, from which half of the rounds start"""
     frontier_prob: float = 0.5
-    """share of rounds that start from the newest cells (the rest: from any cell)"""
+    """share of rounds that start from the newest cells"""
+    furthest: int = 512
+    """the cells at most this many pixels left of the furthest x reached (any area; 512: the last two
+    screens), from which furthest_prob of the rounds start"""
+    furthest_prob: float = 0.25
+    """share of rounds that start from the furthest cells (the rest, 1 - frontier_prob - furthest_prob:
+    from any cell)"""
     sooner: int = 0
     """a cell reached this many frames sooner than its known way in becomes a frontier cell again, so
     that the search goes on from the faster arrival and the time saved carries to the cells after it
@@ -203,7 +212,8 @@ class Explorer:
     def round(self) -> bool:
         """Pick a cell, explore from it; True once the flag is reached."""
         cells = list(self.archive.values())
-        if self.rng.random() < self.cfg.frontier_prob:
+        draw = self.rng.random()
+        if draw < self.cfg.frontier_prob:
             fewer = [c for c in cells if c.changes < self.changes_bound]
             if fewer:
                 # Polishing a path that changes area: the detour's cells are the newest, and the
@@ -212,6 +222,16 @@ class Explorer:
             # The newest cells are where the search is making progress: without this, an archive
             # of hundreds of cells picks its frontier a fraction of a percent of the time.
             cells = sorted(cells, key=lambda c: c.born)[-self.cfg.frontier:]
+        elif draw < self.cfg.frontier_prob + self.cfg.furthest_prob:
+            # When the newest cells lead nowhere (a dead end, or a way on that needs a rare sequence
+            # of buttons), the way on is usually on the last screens reached: 8-4's hidden block, the
+            # step to its floating pipe, is 180 pixels before the end of its room, and a search with
+            # one screen (256) stalled 295 pixels right of it (at x 2,692). Drawn from all of
+            # ~2,000 cells, one cell comes up about once in half an hour of a worker's rounds (about
+            # two a second here, at ~700 frames/s and up to 400 frames a round, half of them drawn
+            # from any cell), and the search sat below that block for 26 of its 30 minutes.
+            far = max(c.x for c in cells) - self.cfg.furthest
+            cells = [c for c in cells if c.x >= far]
         weights = np.array([c.weight() for c in cells])
         cell = cells[self.rng.choice(len(cells), p=weights / weights.sum())]
         cell.chosen += 1
@@ -321,10 +341,13 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
         raise UserError("explore works on one stage at a time (1-1 ... 8-4), not on game")
     if cfg.minutes <= 0 or cfg.moves <= 0 or cfg.frames_per_move <= 0 or cfg.polish < 0:
         raise UserError("--minutes, --moves and --frames-per-move must be positive, --polish >= 0")
-    if not 0 <= cfg.repeat_prob < 1 or not 0 <= cfg.frontier_prob <= 1:
-        raise UserError("--repeat-prob must be in [0, 1) and --frontier-prob in [0, 1]")
-    if cfg.frontier <= 0 or cfg.sooner < 0:
-        raise UserError(f"--frontier must be positive and --sooner >= 0, got {cfg.frontier} and {cfg.sooner}")
+    if not 0 <= cfg.repeat_prob < 1 or min(cfg.frontier_prob, cfg.furthest_prob) < 0 or (
+            cfg.frontier_prob + cfg.furthest_prob > 1):
+        raise UserError("--repeat-prob must be in [0, 1); --frontier-prob and --furthest-prob must be >= 0 "
+                        "with a sum of at most 1")
+    if cfg.frontier <= 0 or cfg.furthest <= 0 or cfg.sooner < 0:
+        raise UserError(f"--frontier and --furthest must be positive and --sooner >= 0, got {cfg.frontier}, "
+                        f"{cfg.furthest} and {cfg.sooner}")
     start = b""
     if cfg.start is not None:
         demo = load_demo(cfg.start)
