@@ -230,7 +230,7 @@ class Explorer:
             # ~2,000 cells, one cell comes up about once in half an hour of a worker's rounds (about
             # two a second here, at ~700 frames/s and up to 400 frames a round, half of them drawn
             # from any cell), and the search sat below that block for 26 of its 30 minutes.
-            far = max(c.x for c in cells) - self.cfg.furthest
+            far = self.best.x - self.cfg.furthest
             cells = [c for c in cells if c.x >= far]
         weights = np.array([c.weight() for c in cells])
         cell = cells[self.rng.choice(len(cells), p=weights / weights.sum())]

@@ -160,8 +160,8 @@ def bundle_policy(src: str | Path, stage: str, *, act: str | None = None, temper
     # replaces a policy already bundled there.
     tmp = folder / f".{stage}.bundle.safetensors"
     save_tensors(tmp, policy.net.state_dict(), meta)
-    if tmp.stat().st_size > MAX_BUNDLED_BYTES:
-        size = tmp.stat().st_size
+    size = tmp.stat().st_size
+    if size > MAX_BUNDLED_BYTES:
         tmp.unlink()
         raise UserError(f"{src} makes a {size:,}-byte file, over the {MAX_BUNDLED_BYTES:,} a bundled policy may have")
     tmp.replace(dst)
