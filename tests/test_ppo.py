@@ -7,6 +7,7 @@ from mario_rl import make_vec_env
 from mario_rl.envs import finished_episodes
 from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss
 from mario_rl.errors import UserError
+from mario_rl.nets import ActorCritic
 
 
 def test_gae_by_hand():
@@ -57,6 +58,26 @@ def test_micro_batches_give_the_minibatch_gradient():
     for a, b in zip(g_whole, g_split):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in g_whole)
+
+
+def test_bf16_convolutions_keep_the_float32_gradient():
+    torch.manual_seed(0)
+    agent = ActorCritic()
+    n = 64
+    batch = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 7, (n,)),
+             -2 + 0.1 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(n), torch.randn(n))
+
+    def grad(bf16):
+        agent.zero_grad()
+        minibatch_backward(agent, PPOConfig(), *batch, bf16=bf16)
+        return torch.cat([p.grad.flatten() for p in agent.parameters()])
+
+    g32, g16 = grad(False), grad(True)
+    assert not torch.equal(g32, g16)  # the convolutions did run in bfloat16
+    assert torch.nn.functional.cosine_similarity(g32, g16, 0) > 0.99
+    assert abs(g16.norm() / g32.norm() - 1) < 0.05
+    with pytest.raises(UserError):
+        PPOConfig(precision="fp16").validate()
 
 
 def test_vector_env_shapes_autoreset_and_statistics():

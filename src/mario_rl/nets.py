@@ -55,9 +55,16 @@ class ActorCritic(nn.Module):
         self.policy = _ortho(nn.Linear(hidden, n_actions), gain=0.01)
         self.value = _ortho(nn.Linear(hidden, 1), gain=1.0)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action logits (B, n_actions) and state values (B,)."""
-        h = self.torso(obs.float().div_(255.0))
+    def forward(self, obs: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action logits (B, n_actions) and state values (B,).
+
+        bf16: run the three convolutions in bfloat16 (CPU autocast; see `PPOConfig.precision`).
+        The linear layers stay float32: with the hidden layer in bfloat16 too, a PPO gradient's
+        norm came out 3% short of float32's; with the convolutions alone, within 0.01%.
+        """
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = self.torso[:6](obs.float().div_(255.0))
+        h = self.torso[6:](h.float())
         return self.policy(h), self.value(h).squeeze(-1)
 
 
