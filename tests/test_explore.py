@@ -231,6 +231,12 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert result["episodes"] == 1 and result["seeds"] == [1000] and result["passed"] is False
     assert (out / "policy.safetensors").exists() and (out / "eval.mp4").exists()
     assert (out / "run" / "checkpoint.safetensors").exists()
+    assert result["temperature"] == 0.25  # solve's default, written into the policy file it evaluated
+    from mario_rl.policy import load_policy
+
+    assert load_policy(out / "policy.safetensors").temperature == 0.25
+    bad = run_cli("solve", "1-1", "--out", out, "--check-from", 21)
+    assert bad.returncode == 2 and "--check-from" in bad.stderr
 
 
 def test_cells_tell_changed_blocks_near_mario_apart():

@@ -5,9 +5,10 @@
 2. PPO from the demonstration's states (agents.ppo with --demo, mario_rl.curriculum),
    under the protocol's sticky actions and no-op starts, resuming the run in the
    folder if there is one;
-3. whenever the start has reached the real reset and at least 18 of the latest 20
-   training episodes from a real reset cleared, the current policy is evaluated
-   under PROTOCOL.md on fresh seeds; training stops at the first pass;
+3. whenever the start has reached the real reset and at least `check_from` of the
+   latest 20 training episodes from a real reset cleared, the current policy, acting at
+   `temperature`, is evaluated under PROTOCOL.md on fresh seeds (at most once every
+   `check_every` steps); training stops at the first pass;
 4. the final evaluation, on its own seeds, goes to eval.json, with a video.
 
 Folder: explore/ (demo.json, explore.json, videos), run/ (the PPO run),
@@ -25,7 +26,7 @@ from typing import Annotated
 import tyro
 
 from mario_rl.errors import UserError
-from mario_rl.storage import atomic_write
+from mario_rl.storage import atomic_write, save_tensors
 
 
 @dataclass
@@ -55,6 +56,14 @@ class SolveConfig:
     """first seed of the final evaluation (checks during training use other seeds)"""
     eval_episodes: int = 20
     """episodes of the final evaluation (PROTOCOL.md: 20; a pass needs 20 or more)"""
+    temperature: float = 0.25
+    """sampling temperature of the policy in the checks and the final evaluation, written into
+    policy.safetensors (1: as it acts in training). Training samples at 1 to explore; a sharper policy
+    makes fewer slips: the bundled 1-1 policy cleared 85/100 protocol episodes at 1 and 93/100 at 0.25"""
+    check_from: int = 12
+    """clears among the latest 20 training episodes from a real reset (at temperature 1) that start a check"""
+    check_every: int = 100_000
+    """agent steps between checks, at least (a check plays 20 protocol episodes, about 2 minutes here)"""
     demo_order: str = "backward"
     """where PPO episodes start: backward (near the flag first, moving back as the agent clears) or
     uniform (anywhere along the demonstration from the start)"""
@@ -70,8 +79,10 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     from mario_rl.policy import load_policy
 
     env_id(cfg.stage)
-    if cfg.eval_episodes < 1 or cfg.explore_minutes <= 0:
-        raise UserError("--eval-episodes and --explore-minutes must be positive")
+    if cfg.eval_episodes < 1 or cfg.explore_minutes <= 0 or not cfg.temperature > 0:
+        raise UserError("--eval-episodes, --explore-minutes and --temperature must be positive")
+    if not 0 <= cfg.check_from <= 20 or cfg.check_every < 0:
+        raise UserError("--check-from must be in 0..20 and --check-every at least 0")
     if cfg.stage == "game":
         raise UserError("solve works on one stage at a time (1-1 ... 8-4), not on game")
     out = Path(cfg.out or Path("solutions") / cfg.stage)
@@ -98,12 +109,15 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
 
     def after_update(step: int, status: dict) -> bool:
         flags = status["reset_flags"]
-        if not status["demo_done"] or len(flags) < 20 or sum(flags) < 18:
+        if not status["demo_done"] or len(flags) < 20 or sum(flags) < cfg.check_from:
             return False
-        policy = load_policy(status["save_policy"]())
+        if checks and step - checks[-1]["step"] < cfg.check_every:
+            return False
+        policy = load_policy(status["save_policy"](), temperature=cfg.temperature)
         seed = 100_000 + 1000 * len(checks)
         r = evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=seed)
-        checks.append({"step": step, "seed": seed, "clears": r["clears"], "episodes": r["episodes"]})
+        checks.append({"step": step, "seed": seed, "clears": r["clears"], "episodes": r["episodes"],
+                       "temperature": cfg.temperature})
         echo(f"check at step {step:,}: cleared {r['clears']}/{r['episodes']} (seeds {seed}..{seed + 19})")
         return r["clears"] >= 18
 
@@ -117,7 +131,9 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
 
     # 4. The final evaluation, on seeds no check used.
     policy_path = out / "policy.safetensors"
-    atomic_write(policy_path, lambda tmp: Path(tmp).write_bytes(run.policy_path.read_bytes()))
+    trained = load_policy(run.policy_path, temperature=cfg.temperature)
+    save_tensors(policy_path, trained.net.state_dict(), {**trained.meta, "act": trained.mode,
+                                                         "temperature": cfg.temperature})
     policy = load_policy(policy_path)
     echo(f"evaluating under PROTOCOL.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
     result = evaluate(policy, cfg.stage, episodes=cfg.eval_episodes, sticky=cfg.sticky, noop_max=cfg.noop_max,
