@@ -85,6 +85,23 @@ def test_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_safetensors_header_lengths_that_look_like_a_pickle_still_load(tmp_path):
+    """A header length of 0x..80 (or 0x4B50, "PK") starts the file like a pickle (or a zip); it must load."""
+    from mario_rl.storage import load_tensors, save_tensors
+
+    def write(pad):
+        path = tmp_path / f"t{pad}.safetensors"
+        save_tensors(path, {"w": torch.arange(3.0)}, {"pad": "x" * pad})
+        return path
+
+    base = int.from_bytes(write(0).read_bytes()[:8], "little")  # grows about one byte per padding character
+    for first, length in ((b"\x80", 0x1F80), (b"PK", 0x4B50)):
+        path = next(p for pad in range(length - base - 16, length - base + 16)
+                    if (p := write(pad)).read_bytes()[:len(first)] == first)
+        tensors, meta = load_tensors(path)
+        assert torch.equal(tensors["w"], torch.arange(3.0)) and meta["pad"].startswith("x")
+
+
 def test_tampered_file_is_refused(policy_file, tmp_path):
     path = policy_file[0]
     data = bytearray(path.read_bytes())

@@ -83,8 +83,10 @@ def save_tensors(path: Path, tensors: dict, meta: dict) -> None:
 
 
 def _refuse_pickle(path: Path, head: bytes) -> None:
-    # PyTorch .pt files are zip archives holding a pickle; raw pickles start with 0x80.
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # PyTorch .pt files are zip archives holding a pickle; raw pickles start with 0x80. A safetensors
+    # file starts with its header's length (8 bytes, little-endian), then the header's "{": a length
+    # such as 0x1F80 starts with 0x80 too (a real checkpoint was refused), so that "{" rules it out first.
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise UserError(
             f"{path} looks like a pickle / PyTorch .pt file; mario_rl only loads safetensors "
             "files and never unpickles (its code would run)"
@@ -97,7 +99,7 @@ def load_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
     _refuse_pickle(path, head)
     try:
         tensors = load_file(path)
