@@ -109,8 +109,14 @@ class PPOConfig(TrainConfig):
 
 def use_bf16(precision: str) -> bool:
     """Whether --precision means bfloat16 convolutions on this CPU."""
-    # Without native bfloat16 instructions oneDNN emulates it, slower than float32.
-    return precision == "bf16" or precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision != "auto":
+        return precision == "bf16"
+    # Without native bfloat16 instructions oneDNN emulates it, slower than float32. The check is
+    # PyTorch's own (private: if a version drops it, auto means float32).
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
