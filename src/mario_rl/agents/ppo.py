@@ -159,7 +159,8 @@ def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, acti
     """
     parts = torch.zeros(4)
     for lo in range(0, len(obs), cfg.micro_batch):
-        chunk = slice(lo, lo + cfg.micro_batch)  # a slice, not an index tensor: no gather, no copy
+        n = min(cfg.micro_batch, len(obs) - lo)
+        chunk = slice(lo, lo + n)  # a slice, not an index tensor: no gather, no copy
         # Channels-last frames: oneDNN's convolutions run the forward and backward pass of a
         # 2,048-sample epoch about 20% faster on this CPU than on NCHW frames (the weights stay NCHW).
         # train() stores the rollout channels-last once, so this is no copy there.
@@ -175,7 +176,7 @@ def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, acti
         else:
             v_loss = 0.5 * ((value - returns[chunk]) ** 2).mean()
         entropy = -(logp.exp() * logp).sum(1).mean()
-        share = (min(lo + cfg.micro_batch, len(obs)) - lo) / len(obs)  # micro-batch means, weighted into the minibatch's mean
+        share = n / len(obs)  # micro-batch means, weighted into the minibatch's mean
         (share * (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss)).backward()
         with torch.no_grad():
             clipfrac = ((logprob - old_logprob[chunk]).exp().sub(1).abs() > cfg.clip_coef).float().mean()
