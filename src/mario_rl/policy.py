@@ -114,6 +114,13 @@ def save_policy(path: Path, net: nn.Module, *, algorithm: str, network: str, net
     save_tensors(path, {k: v for k, v in net.state_dict().items()}, meta)
 
 
+def write_policy(path: Path, policy: Policy) -> None:
+    """Write a loaded policy's weights, unchanged, with the act mode and temperature it is to be played
+    with in its header (what `load_policy`'s overrides set), atomically."""
+    save_tensors(path, policy.net.state_dict(),
+                 {**policy.meta, "act": policy.mode, "temperature": policy.temperature})
+
+
 def load_policy(path_or_stage: str | Path, mode: str | None = None, temperature: float | None = None) -> Policy:
     """Load a policy file, or the bundled policy for a stage name such as "1-1".
 
@@ -153,13 +160,12 @@ def bundle_policy(src: str | Path, stage: str, *, act: str | None = None, temper
     policy = load_policy(src, act, temperature)  # checks the file and the options
     if policy.meta.get("stage") != stage:
         raise UserError(f"{src} was trained on {policy.meta.get('stage')}, not {stage}")
-    meta = {**policy.meta, "act": policy.mode, "temperature": policy.temperature}
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / f"{stage}.safetensors"
     # Written beside the destination and measured before the rename, so that a file over the limit never
     # replaces a policy already bundled there.
     tmp = folder / f".{stage}.bundle.safetensors"
-    save_tensors(tmp, policy.net.state_dict(), meta)
+    write_policy(tmp, policy)
     size = tmp.stat().st_size
     if size > MAX_BUNDLED_BYTES:
         tmp.unlink()

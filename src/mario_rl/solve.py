@@ -26,7 +26,7 @@ from typing import Annotated
 import tyro
 
 from mario_rl.errors import UserError
-from mario_rl.storage import atomic_write, save_tensors
+from mario_rl.storage import atomic_write
 
 
 @dataclass
@@ -76,7 +76,7 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     from mario_rl.envs import env_id
     from mario_rl.evaluate import PROTOCOL, evaluate
     from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore
-    from mario_rl.policy import load_policy
+    from mario_rl.policy import load_policy, write_policy
 
     env_id(cfg.stage)
     if cfg.eval_episodes < 1 or cfg.explore_minutes <= 0 or not cfg.temperature > 0:
@@ -131,9 +131,7 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
 
     # 4. The final evaluation, on seeds no check used.
     policy_path = out / "policy.safetensors"
-    trained = load_policy(run.policy_path, temperature=cfg.temperature)
-    save_tensors(policy_path, trained.net.state_dict(), {**trained.meta, "act": trained.mode,
-                                                         "temperature": cfg.temperature})
+    write_policy(policy_path, load_policy(run.policy_path, temperature=cfg.temperature))
     policy = load_policy(policy_path)
     echo(f"evaluating under PROTOCOL.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
     result = evaluate(policy, cfg.stage, episodes=cfg.eval_episodes, sticky=cfg.sticky, noop_max=cfg.noop_max,
