@@ -19,6 +19,7 @@ The wrapper stack, read bottom (emulator) to top (agent):
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -194,6 +195,15 @@ class DemoStart(gym.Wrapper):
     An episode from a demonstration state is truncated after twice the frames the
     demonstration took from there, plus `slack`: the game's clock would otherwise
     let a lost agent idle for minutes of play in a stretch it will learn later.
+
+    With `retry` > 0 (set_demo_window's), a share `retry` of the non-reset starts instead
+    restores a state the agent itself was in, 33 to 128 frames (half a second to two)
+    before one of its recent deaths (info["demo_start"] is then -1; such an episode gets `slack` frames). Starts
+    along the demonstration teach the demonstration's states; from a real reset the
+    agent arrives at each obstacle in states of its own (on the floor where the
+    demonstration was on the bricks, a Goomba a step further on), and dies where those
+    differ. Retries practise exactly there, as Go-Explore's robustification returns to
+    where its policy fails.
     Wrap it above StickyButtons and NoopStart: the perturbations apply after a
     restored start as they do after a reset.
     """
@@ -208,19 +218,32 @@ class DemoStart(gym.Wrapper):
         self._budget = None  # frames left to this episode, when it started from the demonstration
         self.stride, self.p_reset = int(stride), float(p_reset)
         self.snapshots = snapshots if snapshots is not None else demo_snapshots(env.unwrapped, demo, self.stride)
-        self.window, self.behind = (0, -1), 0.0
+        self.window, self.behind, self.retry = (0, -1), 0.0, 0.0
         self._rng = np.random.default_rng()
+        self._frame = 0
+        self._trail: deque = deque(maxlen=RETRY_TRAIL)  # this episode's latest states, `stride` frames apart
+        self._retries: deque = deque(maxlen=RETRY_KEEP)  # states shortly before recent deaths
 
-    def set_demo_window(self, lo: int, hi: int, behind: float = 0.0) -> None:
-        self.window, self.behind = (int(lo), int(hi)), float(behind)
+    def set_demo_window(self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0) -> None:
+        self.window, self.behind, self.retry = (int(lo), int(hi)), float(behind), float(retry)
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
             self._rng = np.random.default_rng([seed, 3])
         obs, info = self.env.reset(seed=seed, options=options)
+        self._frame = 0
+        self._trail.clear()
         lo, hi = self.window
         start = 0
-        if hi >= lo and self._rng.random() >= self.p_reset:
+        if self._rng.random() < self.p_reset:
+            self._budget = None
+        elif self._retries and self._rng.random() < self.retry:
+            base = self.env.unwrapped
+            base.load_state(self._retries[int(self._rng.integers(len(self._retries)))])
+            base._did_reset()
+            obs, info, start = base.screen, base._get_info(), -1
+            self._budget = self.slack
+        elif hi >= lo:
             if self._rng.random() < self.behind:
                 i = int(self._rng.integers(lo, len(self.snapshots)))
             else:
@@ -241,7 +264,22 @@ class DemoStart(gym.Wrapper):
         if self._budget is not None:
             self._budget -= 1
             truncated = truncated or self._budget <= 0
+        if self.retry:
+            # A snapshot every `stride` frames costs about 20 us against about 1 ms per frame.
+            self._frame += 1
+            if terminated and not info.get("flag_get", False):
+                # The latest two states (1..32 frames before the death) are often past saving.
+                if len(self._trail) > 2:
+                    self._retries.append(self._trail[int(self._rng.integers(len(self._trail) - 2))])
+            elif self._frame % self.stride == 0:
+                self._trail.append(self.env.unwrapped.dump_state())
         return obs, reward, terminated, truncated, info
+
+
+RETRY_TRAIL = 8
+"""states kept along an episode for retries (one every DEMO_STRIDE frames: 128 frames back)"""
+RETRY_KEEP = 64
+"""states before recent deaths each env keeps to retry from; older ones make way"""
 
 
 def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:

@@ -67,6 +67,9 @@ class SolveConfig:
     demo_order: str = "backward"
     """where PPO episodes start: backward (near the flag first, moving back as the agent clears) or
     uniform (anywhere along the demonstration from the start)"""
+    demo_retry: float = 0.25
+    """share of PPO's non-reset starts taken from shortly before the agent's own recent deaths
+    (PPOConfig.demo_retry)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
 
@@ -122,7 +125,8 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         return r["clears"] >= 18
 
     ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
-                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order, run_dir=run_dir,
+                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order, demo_retry=cfg.demo_retry,
+                    run_dir=run_dir,
                     resume=(run_dir / "checkpoint.safetensors").exists(), checkpoint_every=cfg.checkpoint_every,
                     video_steps=1500)
     t1 = time.monotonic()

@@ -84,6 +84,10 @@ class PPOConfig(TrainConfig):
     demo_behind: float = 0.3
     """share of the demonstration starts drawn from anywhere after the current ones (the stretches
     already learned), the rest from the current ones; 0 is Salimans and Chen's"""
+    demo_retry: float = 0.25
+    """share of the starts that are not real resets drawn instead from the agent's own states shortly
+    before its recent deaths (envs.DemoStart): it practises where it fails from the states it reaches
+    by itself, not only from the demonstration's; 0: never"""
     demo_success: float = 0.2
     """clear rate from the current starts that moves them back (Salimans and Chen move at 20%: the
     stretches already learned are still played, and trained, on every episode from further back)"""
@@ -101,6 +105,8 @@ class PPOConfig(TrainConfig):
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
             raise UserError("--demo-back must be positive, --demo-success in (0, 1] and --demo-behind in [0, 1]")
+        if not 0 <= self.demo_retry <= 1:
+            raise UserError(f"--demo-retry must be in [0, 1], got {self.demo_retry}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.demo_order not in ("backward", "uniform"):
@@ -266,7 +272,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
     reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
     if demo is not None:
-        envs.call("set_demo_window", *(window if curriculum is None else (*curriculum.window(), cfg.demo_behind)))
+        envs.call("set_demo_window", *(window if curriculum is None else (*curriculum.window(), cfg.demo_behind)),
+                  retry=cfg.demo_retry)
     next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
     next_obs = torch.from_numpy(next_obs)
     next_done = torch.zeros(cfg.envs)
@@ -313,7 +320,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                     logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
                     send(p, action.numpy())
             if move_window:  # every part is idle now, as a call to the envs needs
-                envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind)
+                envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind, retry=cfg.demo_retry)
             with torch.no_grad():
                 next_value = agent(next_obs, bf16=bf16)[1]
             torch.set_num_threads(update_threads)
