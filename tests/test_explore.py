@@ -231,6 +231,15 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
 
     _, state = load_tensors(run_dir / "checkpoint.safetensors", "checkpoint")
     assert 0 <= state["curriculum"]["lo"] < demo_starts(120)
+    import csv
+
+    with open(run_dir / "episodes.csv", newline="") as f:
+        assert f.readline().strip().endswith(",time,start")
+        f.seek(0)
+        rows = list(csv.DictReader(f))
+    assert all(int(r["start"]) == -1 or int(r["start"]) % DEMO_STRIDE == 0 for r in rows)
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-retry", 1.5, "--run-dir", tmp_path / "rb")
+    assert bad.returncode == 2 and "--demo-retry" in bad.stderr
     uniform = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "uniform", "--envs", 2,
                       "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", tmp_path / "ru")
     assert uniform.returncode == 0, uniform.stderr

@@ -86,7 +86,9 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-EPISODE_FIELDS = ["step", "episode", "return", "length", "x", "flag", "epsilon", "loss", "q", "time"]
+EPISODE_FIELDS = ["step", "episode", "return", "length", "x", "flag", "epsilon", "loss", "q", "time", "start"]
+"""episodes.csv's columns. start (PPO from a demonstration): the demonstration frame the episode began at,
+0 for a real reset, -1 for a retry from before one of the agent's own deaths (envs.DemoStart)."""
 
 
 class Run:

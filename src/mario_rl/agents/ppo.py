@@ -304,7 +304,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                         for _, ep in finished_episodes(info):
                             episode += 1
                             run.log_episode(step, episode=episode, **{"return": round(float(ep["r"]), 3)},
-                                            length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]))
+                                            length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]),
+                                            start=int(ep["start"]))
                             if int(ep["start"]) == 0:
                                 reset_flags.append(int(ep["flag"]))
                             if curriculum is not None:
