@@ -155,25 +155,30 @@ def test_demo_start_restores_states_along_the_demonstration():
 def test_demo_start_retries_from_before_the_agents_own_deaths():
     demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
     env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=300)
+
+    def run_right():
+        steps, terminated = 0, False
+        while not terminated:  # holding right runs into the first Goomba
+            _, _, terminated, truncated, info = env.step(RIGHT)
+            steps += 1
+            assert not truncated and steps < 1000
+        return steps, info
+
+    # A death after a demonstration start is the demonstration's states, not the agent's: not kept.
+    env.set_demo_window(2, 2, retry=1.0)
+    assert env.reset(seed=0)[1]["demo_start"] == 2 * DEMO_STRIDE
+    assert not run_right()[1]["flag_get"] and len(env._retries) == 0
     env.set_demo_window(0, -1, retry=1.0)  # no demonstration starts: a real reset until a death
     _, info = env.reset(seed=0)
     assert info["demo_start"] == 0
-    frames, terminated = 0, False
-    while not terminated:  # holding right runs into the first Goomba
-        _, _, terminated, truncated, info = env.step(RIGHT)
-        frames += 1
-        assert not truncated and frames < 1000
+    _, info = run_right()
     death_x = info["x_pos"]
     assert not info["flag_get"] and len(env._retries) == 1
     _, info = env.reset(seed=1)
     # Restored from 33..128 frames before the death: behind it, with the Goomba still ahead.
     assert info["demo_start"] == -1 and death_x - 300 < info["x_pos"] < death_x
     assert env.unwrapped._x_position_max == info["x_pos"]
-    steps, terminated = 0, False
-    while not terminated:
-        _, _, terminated, truncated, info = env.step(RIGHT)
-        steps += 1
-        assert not truncated
+    steps, info = run_right()
     assert 32 < steps <= 128 and info["x_pos"] == death_x  # the same death, replayed without sticky buttons
     env.set_demo_window(0, -1, retry=0.0)
     assert env.reset(seed=2)[1]["demo_start"] == 0
