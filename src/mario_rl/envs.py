@@ -284,7 +284,9 @@ class DemoStart(gym.Wrapper):
 RETRY_TRAIL = 8
 """states kept along an episode for retries (one every DEMO_STRIDE frames: 128 frames back)"""
 RETRY_KEEP = 64
-"""states before recent deaths each env keeps to retry from; older ones make way"""
+"""states before recent deaths each env keeps to retry from; older ones make way. A nes-py snapshot
+takes about 256 KB (measured: 5,000 of them raised the peak RSS by 1.25 GB), so with the trail an env
+holds at most about 18 MB of them: 290 MB for 16 envs"""
 
 
 def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:
