@@ -242,27 +242,27 @@ class DemoStart(gym.Wrapper):
         if self._rng.random() < self.p_reset:
             self._budget = None
         elif self._retries and self._rng.random() < self.retry:
-            base = self.env.unwrapped
-            base.load_state(self._retries[int(self._rng.integers(len(self._retries)))])
-            base._did_reset()
-            obs, info, start = base.screen, base._get_info(), -1
+            (obs, info), start = self._restore(self._retries[int(self._rng.integers(len(self._retries)))]), -1
             self._budget = self.slack
         elif hi >= lo:
             if self._rng.random() < self.behind:
                 i = int(self._rng.integers(lo, len(self.snapshots)))
             else:
                 i = int(self._rng.integers(lo, hi + 1))
-            base = self.env.unwrapped
-            base.load_state(self.snapshots[i])
-            # The game keeps reward bookkeeping (x reached, clock, score) outside the emulator;
-            # its own after-reset hook re-reads it from the restored RAM.
-            base._did_reset()
-            obs, info, start = base.screen, base._get_info(), i * self.stride
+            (obs, info), start = self._restore(self.snapshots[i]), i * self.stride
             self._budget = 2 * (self.length - start) + self.slack
         else:
             self._budget = None
         self._own = start <= 0  # a real reset or a retry: the agent's own states, not the demonstration's
         return obs, {**info, "demo_start": start}
+
+    def _restore(self, snapshot) -> tuple:
+        base = self.env.unwrapped
+        base.load_state(snapshot)
+        # The game keeps reward bookkeeping (x reached, clock, score) outside the emulator;
+        # its own after-reset hook re-reads it from the restored RAM.
+        base._did_reset()
+        return base.screen, base._get_info()
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
