@@ -117,7 +117,9 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         if checks and step - checks[-1]["step"] < cfg.check_every:
             return False
         policy = load_policy(status["save_policy"](), temperature=cfg.temperature)
-        seed = 100_000 + 1000 * len(checks)
+        # Seeds from the step, not from a count of checks: that count restarts at 0 when solve resumes,
+        # and 1-2's checks after each resume replayed seeds 100000..100019.
+        seed = 100_000 + 10 * step
         r = evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=seed)
         checks.append({"step": step, "seed": seed, "clears": r["clears"], "episodes": r["episodes"],
                        "temperature": cfg.temperature})
