@@ -127,8 +127,8 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         return r["clears"] >= 18
 
     ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
-                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order, demo_retry=cfg.demo_retry,
-                    run_dir=run_dir,
+                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
+                    demo_retry=cfg.demo_retry, run_dir=run_dir,
                     resume=(run_dir / "checkpoint.safetensors").exists(), checkpoint_every=cfg.checkpoint_every,
                     video_steps=1500)
     t1 = time.monotonic()

@@ -271,9 +271,13 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     actions = torch.zeros((cfg.num_steps, cfg.envs), dtype=torch.long)
     logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
     reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
+
+    def set_demo_window() -> None:
+        start = window if curriculum is None else (*curriculum.window(), cfg.demo_behind)
+        envs.call("set_demo_window", *start, retry=cfg.demo_retry)
+
     if demo is not None:
-        envs.call("set_demo_window", *(window if curriculum is None else (*curriculum.window(), cfg.demo_behind)),
-                  retry=cfg.demo_retry)
+        set_demo_window()
     next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
     next_obs = torch.from_numpy(next_obs)
     next_done = torch.zeros(cfg.envs)
@@ -321,7 +325,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                     logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
                     send(p, action.numpy())
             if move_window:  # every part is idle now, as a call to the envs needs
-                envs.call("set_demo_window", *curriculum.window(), cfg.demo_behind, retry=cfg.demo_retry)
+                set_demo_window()
             with torch.no_grad():
                 next_value = agent(next_obs, bf16=bf16)[1]
             torch.set_num_threads(update_threads)
