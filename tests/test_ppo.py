@@ -177,3 +177,5 @@ def test_tiny_ppo_training_through_the_cli(tmp_path):
     resumed = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--steps", 320)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "trained 64 agent steps" in resumed.stdout
+    # The last update ran at step 192 of 256; the new total, 320, puts step 256 at 1 - 256/320 of 2.5e-4.
+    assert "learning rate 6.25e-05 -> 5.00e-05" in resumed.stdout

@@ -246,6 +246,12 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
         if curriculum is not None and "curriculum" in state:
             curriculum.lo, curriculum.done = state["curriculum"]["lo"], state["curriculum"]["done"]
         print(f"resumed {run.dir} at step {step:,} (episode {episode})", flush=True)
+        if cfg.anneal_lr:
+            # The decay's end is --steps, so a new total moves the learning rate at once. Said aloud
+            # because it matters: 1-2 resumed at 3.45M steps with 6M instead of 4M went from 3.4e-5
+            # to 1.1e-4, and its clears from a real reset fell from 0.53 to 0.30-0.38 per 100k steps.
+            was, now = optimizer.param_groups[0]["lr"], cfg.lr * max(0.0, 1.0 - step / cfg.steps)
+            print(f"learning rate {was:.2e} -> {now:.2e} (linear to 0 at --steps {cfg.steps:,})", flush=True)
 
     def save(step: int) -> None:
         tensors = {f"agent.{k}": v for k, v in agent.state_dict().items()} | torch_rng_tensors()
