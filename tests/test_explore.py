@@ -278,6 +278,8 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert load_policy(out / "policy.safetensors").temperature == 0.25
     bad = run_cli("solve", "1-1", "--out", out, "--check-from", 21)
     assert bad.returncode == 2 and "--check-from" in bad.stderr
+    fresh = run_cli("solve", "1-1", "--out", tmp_path / "none", "--resume-set", "demo_retry=0.5")
+    assert fresh.returncode == 2 and "holds none" in fresh.stderr and not (tmp_path / "none").exists()
 
 
 def test_cells_tell_changed_blocks_near_mario_apart():

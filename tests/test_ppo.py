@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -174,8 +176,15 @@ def test_tiny_ppo_training_through_the_cli(tmp_path):
     policy = load_policy(run_dir / "policy.safetensors")
     assert policy.meta["algorithm"] == "ppo" and policy.actions == "simple"
     assert 0 <= policy.act(np.zeros((4, 84, 84), np.uint8)) < 7
-    resumed = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--steps", 320)
+    for bad in ("actions=complex", "no_such=1", "ent_coef=much", "ent_coef"):
+        proc = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--resume-set", bad)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--resume-set" in proc.stderr, proc.stderr
+    resumed = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--steps", 320,
+                      "--ent-coef", 0.5, "--resume-set", "ent_coef=0.02")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "trained 64 agent steps" in resumed.stdout
+    # --resume-set changes a setting; a plain flag (--ent-coef) does not, on a resume.
+    assert "--resume-set: ent_coef 0.01 -> 0.02" in resumed.stdout
+    assert json.loads((run_dir / "config.json").read_text())["ent_coef"] == 0.02
     # The last update ran at step 192 of 256; the new total, 320, puts step 256 at 1 - 256/320 of 2.5e-4.
     assert "learning rate 6.25e-05 -> 5.00e-05" in resumed.stdout

@@ -72,6 +72,9 @@ class SolveConfig:
     (PPOConfig.demo_retry)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
+    resume_set: tuple[str, ...] = ()
+    """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
+    (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
 
 
 def solve(cfg: SolveConfig, echo=print) -> dict:
@@ -89,6 +92,8 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     if cfg.stage == "game":
         raise UserError("solve works on one stage at a time (1-1 ... 8-4), not on game")
     out = Path(cfg.out or Path("solutions") / cfg.stage)
+    if cfg.resume_set and not (out / "run" / "checkpoint.safetensors").exists():
+        raise UserError(f"--resume-set changes a resumed run's settings, and {out / 'run'} holds none")
     t0 = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -129,7 +134,8 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
                     noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
                     demo_retry=cfg.demo_retry, run_dir=run_dir,
-                    resume=(run_dir / "checkpoint.safetensors").exists(), checkpoint_every=cfg.checkpoint_every,
+                    resume=(run_dir / "checkpoint.safetensors").exists(), resume_set=cfg.resume_set,
+                    checkpoint_every=cfg.checkpoint_every,
                     video_steps=1500)
     t1 = time.monotonic()
     run = train(ppo, after_update=after_update)

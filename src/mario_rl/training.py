@@ -48,6 +48,9 @@ class TrainConfig:
     """folder for this run's files (default: runs/<stage>__<algo>__<seed>__<time>)"""
     resume: bool = False
     """continue the run in --run-dir from its last checkpoint"""
+    resume_set: tuple[str, ...] = ()
+    """on --resume, settings that change from the saved run's, as KEY=VALUE (e.g. demo_retry=0.5 lr=1e-4);
+    every other setting stays as saved, whatever its flag says"""
     seed: int = 1
     """seed for the networks, exploration, replay sampling and the first episode"""
     actions: str = "right"
@@ -81,9 +84,40 @@ class TrainConfig:
             raise UserError(f"--noop-max must be >= 0, got {self.noop_max}")
         if self.resume and self.run_dir is None:
             raise UserError("--resume needs --run-dir (the run to continue)")
+        if self.resume_set and not self.resume:
+            raise UserError("--resume-set changes a resumed run's settings; a new run takes them as flags")
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+_FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps", "steps", "resume", "run_dir", "resume_set")
+"""what --resume-set may not change: what the run is, shapes its checkpoint holds, and what has its own flag"""
+
+
+def _parse_resume_set(items: tuple[str, ...], saved: dict) -> dict:
+    """--resume-set's KEY=VALUE items as {key: value}, each value of its saved setting's type."""
+    changes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in saved or key in _FIXED_ON_RESUME:
+            raise UserError(f"--resume-set {item!r}: expected KEY=VALUE with KEY a setting of this run other than "
+                            f"{', '.join(_FIXED_ON_RESUME)}")
+        old = saved[key]
+        try:
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                value = text.lower() == "true"
+            elif isinstance(old, (int, float)):
+                value = float(text) if isinstance(old, float) else int(text)
+            else:
+                value = None if old is None and text.lower() == "none" else text
+        except ValueError:
+            raise UserError(f"--resume-set {item!r}: {key} is {type(old).__name__}, got {text!r}") from None
+        changes[key] = value
+    return changes
 
 
 EPISODE_FIELDS = ["step", "episode", "return", "length", "x", "flag", "epsilon", "loss", "q", "time", "start"]
@@ -111,10 +145,15 @@ class Run:
                 saved = state["config"]
                 if saved.get("algo") != cfg.algo:
                     raise UserError(f"{self.dir} is a {saved.get('algo')} run, not {cfg.algo}")
-                # The saved config wins, except the new step budget.
+                # The saved config wins, except the new step budget and what --resume-set names.
+                changes = _parse_resume_set(cfg.resume_set, saved)
                 for key, value in saved.items():
-                    if key not in ("steps", "resume", "run_dir"):
+                    if key not in ("steps", "resume", "run_dir", "resume_set"):
                         setattr(cfg, key, value)
+                for key, value in changes.items():
+                    print(f"--resume-set: {key} {saved[key]!r} -> {value!r}", flush=True)
+                    setattr(cfg, key, value)
+                cfg.validate()
                 self.resumed_state = (tensors, state)
         else:
             if self.checkpoint_path.exists():
