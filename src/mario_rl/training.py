@@ -91,7 +91,9 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-_FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps", "steps", "resume", "run_dir", "resume_set")
+_RESUME_FLAGS = ("steps", "resume", "run_dir", "resume_set")
+"""what a resume takes from its own flags, not from the saved config"""
+_FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps") + _RESUME_FLAGS
 """what --resume-set may not change: what the run is, shapes its checkpoint holds, and what has its own flag"""
 
 
@@ -148,7 +150,7 @@ class Run:
                 # The saved config wins, except the new step budget and what --resume-set names.
                 changes = _parse_resume_set(cfg.resume_set, saved)
                 for key, value in saved.items():
-                    if key not in ("steps", "resume", "run_dir", "resume_set"):
+                    if key not in _RESUME_FLAGS:
                         setattr(cfg, key, value)
                 for key, value in changes.items():
                     print(f"--resume-set: {key} {saved[key]!r} -> {value!r}", flush=True)

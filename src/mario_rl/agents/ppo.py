@@ -236,6 +236,10 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     batch_size = cfg.envs * cfg.num_steps
     minibatch = batch_size // cfg.num_minibatches
     step, episode = 0, 0
+
+    def annealed_lr(step: int) -> float:
+        return cfg.lr * max(0.0, 1.0 - step / cfg.steps)
+
     print(f"convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})", flush=True)
     if run.resumed_state is not None:
         tensors, state = run.resumed_state
@@ -251,7 +255,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             # because it matters: 1-2 resumed at 3.45M steps with 6M instead of 4M went from 3.4e-5
             # to 1.1e-4; its clears from a real reset were 0.30, 0.33 and 0.41 per 100k steps from 3.5M
             # to 3.8M, against 0.40, 0.40 and 0.49 for the same blocks at 4.9e-5 (one run each).
-            was, now = optimizer.param_groups[0]["lr"], cfg.lr * max(0.0, 1.0 - step / cfg.steps)
+            was, now = optimizer.param_groups[0]["lr"], annealed_lr(step)
             print(f"learning rate {was:.2e} -> {now:.2e} (linear to 0 at --steps {cfg.steps:,})", flush=True)
 
     def save(step: int) -> None:
@@ -298,7 +302,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     try:
         while step < cfg.steps:
             if cfg.anneal_lr:
-                optimizer.param_groups[0]["lr"] = cfg.lr * max(0.0, 1.0 - step / cfg.steps)
+                optimizer.param_groups[0]["lr"] = annealed_lr(step)
             torch.set_num_threads(1)
             move_window = False
             # Step t of each part: collect its step t-1 (sent a part ago: it ran while the learner
