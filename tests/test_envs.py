@@ -150,3 +150,35 @@ def test_lean_game_rewards_match_the_game_through_a_clear(stage):
     assert a["flag_get"] and {"progress", "time", "completion"} <= kinds
     if stage == "1-1":
         assert "score" in kinds  # the demonstration stomps or bumps something on the way
+
+
+def test_x_reached_reads_wrapped_pages_as_negative():
+    """4-4's wrong turns move Mario back 1,024 pixels; from x 998 the game's x_pos wraps to 65,510 (page 255).
+    x reached must stay 998, not jump to 65,510, in training's statistics and in evaluations."""
+    import gymnasium as gym
+
+    from mario_rl.envs import EpisodeStats, level_x
+    from mario_rl.evaluate import run_episode
+
+    class Loop(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (1,), np.uint8)
+        action_space = gym.spaces.Discrete(1)
+        xs = [40, 998, 65510, 65530, 200]
+
+        def reset(self, *, seed=None, options=None):
+            self.t = 0
+            return np.zeros(1, np.uint8), {"x_pos": self.xs[0], "flag_get": False}
+
+        def step(self, action):
+            self.t += 1
+            done = self.t == len(self.xs) - 1
+            return np.zeros(1, np.uint8), 0.0, done, False, {"x_pos": self.xs[self.t], "flag_get": False}
+
+    assert (level_x(65510), level_x(998), level_x(0xEFFF)) == (-26, 998, 0xEFFF)
+    env = EpisodeStats(Loop())
+    env.reset()
+    info = {}
+    while "episode" not in info:
+        info = env.step(0)[4]
+    assert info["episode"]["x"] == 998
+    assert run_episode(Loop(), lambda obs: 0)["x"] == 998

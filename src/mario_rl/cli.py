@@ -6,6 +6,7 @@
     mario-rl bench [--seconds S] [--tutorial]
     mario-rl explore STAGE [--minutes M] [--workers N] --out DIR
     mario-rl solve STAGE [--out DIR] [--explore-minutes M] [--steps N]
+    mario-rl report RUN [--block N] [--bin PIXELS] [--since STEP] [--json]
 
 Bad input ends with one line, `error: ...`, and exit code 2.
 """
@@ -246,8 +247,35 @@ def cmd_solve(args: list[str]) -> None:
         sys.exit(1)
 
 
+@dataclass
+class ReportArgs:
+    """Summarize a training run's episodes.csv per block of agent steps: clears from a real reset, and where the
+    failed ones got to (a run from a demonstration also starts episodes elsewhere; those are counted apart)."""
+
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
+    """run folder (holding episodes.csv), or the episodes.csv itself"""
+    block: int = 100_000
+    """agent steps per row"""
+    bin: int = 100
+    """width in pixels of the x bins that failures are grouped into"""
+    top: int = 3
+    """x bins shown per row, the most frequent first"""
+    since: int = 0
+    """leave out episodes that ended before this agent step"""
+    json: bool = False
+    """print the report as JSON"""
+
+
+def cmd_report(args: list[str]) -> None:
+    from mario_rl.report import format_report, run_report
+
+    a = _parse(ReportArgs, args, "mario-rl report")
+    report = run_report(a.run, block=a.block, bin=a.bin, top=a.top, since=a.since)
+    print(json.dumps(report, indent=2) if a.json else format_report(report))
+
+
 COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore,
-            "solve": cmd_solve}
+            "solve": cmd_solve, "report": cmd_report}
 USAGE = __doc__.split("\n\n")[1]
 
 

@@ -462,11 +462,18 @@ def make_env(
 # --- vector environments ---
 
 
+def level_x(x_pos: int) -> int:
+    """Mario's x in the level from the game's x_pos (page * 256 + x on the page), with wrapped pages read as
+    negative. 4-4's wrong turns move Mario back 1,024 pixels, and from x 998 that is page 255, x_pos 65,510:
+    a 4-4 training run's "x reached" read 65,535. The game's own reward keeps the raw value (lean_game)."""
+    return x_pos - 0x10000 if x_pos >= 0xF000 else x_pos
+
+
 class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Keeps only what a learner needs from the game's large info dict, and adds episode statistics.
 
     info holds x_pos and flag_get every step; when an episode ends it also holds
-    info["episode"] = {"r": return, "l": length, "x": x reached, "flag": 1 if cleared}.
+    info["episode"] = {"r": return, "l": length, "x": x reached (level_x), "flag": 1 if cleared}.
     A vector env aggregates every info key of every env at every step, so trimming
     the ~30 keys here is what keeps that cheap.
     """
@@ -478,7 +485,7 @@ class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
-        self._r, self._l, self._x = 0.0, 0, int(info.get("x_pos", 0))
+        self._r, self._l, self._x = 0.0, 0, level_x(int(info.get("x_pos", 0)))
         self._start = int(info.get("demo_start", 0))
         return obs, {"x_pos": self._x, "flag_get": False}
 
@@ -487,7 +494,7 @@ class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._r += float(reward)
         self._l += 1
         x, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
-        self._x = max(self._x, x)
+        self._x = max(self._x, level_x(x))
         out = {"x_pos": x, "flag_get": flag}
         # A flag ends the episode for a single stage; in "game" it would go on to the next stage.
         if terminated or truncated:

@@ -9,7 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from mario_rl.envs import make_base_env
+from mario_rl.envs import level_x, make_base_env
 from mario_rl.errors import UserError
 
 PROTOCOL = {"episodes": 20, "sticky": 0.25, "noop_max": 30}
@@ -21,13 +21,13 @@ def run_episode(env: gym.Env, act: Callable[[np.ndarray], int], seed: int | None
                 max_steps: int | None = None) -> dict:
     """Play one episode; return what happened (cleared, x reached, score, agent steps, return)."""
     obs, info = env.reset(seed=seed)
-    total, steps, x_max = 0.0, 0, int(info.get("x_pos", 0))
+    total, steps, x_max = 0.0, 0, level_x(int(info.get("x_pos", 0)))
     flag = False
     while True:
         obs, reward, terminated, truncated, info = env.step(act(obs))
         total += float(reward)
         steps += 1
-        x_max = max(x_max, int(info.get("x_pos", 0)))
+        x_max = max(x_max, level_x(int(info.get("x_pos", 0))))
         flag = flag or bool(info.get("flag_get", False))
         if terminated or truncated or flag or (max_steps is not None and steps >= max_steps):
             break

@@ -53,7 +53,7 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from mario_rl.envs import action_bytes, check_action_set, env_id
+from mario_rl.envs import action_bytes, check_action_set, env_id, level_x
 from mario_rl.errors import UserError
 from mario_rl.storage import atomic_write
 
@@ -130,10 +130,8 @@ def raw_env(stage: str):
 
 
 def mario_x(env) -> int:
-    """Mario's x in the level: page * 256 + x on the page. Pages wrap below 0 (seen in 4-4's loops,
-    as page 255), so the top of the range reads as negative."""
-    x = int(env.ram[0x6D]) * 256 + int(env.ram[0x86])
-    return x - 0x10000 if x >= 0xF000 else x
+    """Mario's x in the level (envs.level_x: wrapped pages read as negative)."""
+    return level_x(int(env.ram[0x6D]) * 256 + int(env.ram[0x86]))
 
 
 _ROWS = np.arange(13) * 16
@@ -440,11 +438,11 @@ def replay(demo: dict, frame_sink=None) -> dict:
     obs, info = env.reset(seed=demo["seed"])
     if frame_sink is not None:
         frame_sink(obs.copy())
-    flag, x, played, ended = False, int(info["x_pos"]), 0, False
+    flag, x, played, ended = False, level_x(int(info["x_pos"])), 0, False
     for b in demo["frames"]:
         obs, _, terminated, truncated, info = env.step(int(b))
         played += 1
-        x = max(x, int(info["x_pos"]))
+        x = max(x, level_x(int(info["x_pos"])))
         if frame_sink is not None:
             frame_sink(obs.copy())
         if info["flag_get"]:

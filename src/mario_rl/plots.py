@@ -25,14 +25,18 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(y, kernel, mode="valid")
 
 
-def read_episodes(path: Path) -> dict[str, np.ndarray]:
+def read_episodes(path: Path, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """episodes.csv's numeric columns as arrays (NaN where a row has no value), plus the `extra` columns
+    the file has (a run from before a column existed has none)."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows, fields = list(reader), reader.fieldnames or []
 
     def column(key):
         return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
 
-    return {key: column(key) for key in ["step", "return", "length", "loss", "q", "x"]} if rows else {}
+    keys = ["step", "return", "length", "loss", "q", "x"] + [k for k in extra if k in fields]
+    return {key: column(key) for key in keys} if rows else {}
 
 
 def plot_learning_curves(episodes_csv: Path, out_dir: Path, window: int = 20) -> list[Path]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import tyro
 
-from mario_rl.envs import Preprocessing, env_id
+from mario_rl.envs import Preprocessing, env_id, level_x
 from mario_rl.errors import UserError
 from mario_rl.storage import atomic_write, load_tensors, save_tensors
 
@@ -180,7 +180,8 @@ class Run:
 
         self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=start_step or None)
         self.recent = deque(maxlen=20)
-        self.best_x = self.resumed_state[1].get("best_x", 0) if self.resumed_state else 0
+        # level_x: runs before it saved 4-4's wrapped x as a best x of 65,535.
+        self.best_x = level_x(int(self.resumed_state[1].get("best_x", 0))) if self.resumed_state else 0
         self._last_plot = time.monotonic()
         self._plotter: subprocess.Popen | None = None
         self._final_plot_step: int | None = None

@@ -1,0 +1,109 @@
+"""`mario-rl report RUN`: what a run's episodes.csv says about it, block by block of agent steps.
+
+A run from a demonstration mixes three kinds of episodes (episodes.csv's `start`): from a
+real reset (0), from a state along the demonstration (its frame) and retries from before
+the agent's own deaths (-1). Only the first kind is what the protocol plays, so the
+learning curves' x and return, which average all three, say little about how close a
+run is to a pass. This table keeps them apart: per block, the share of each kind, the
+clear rate of episodes from a real reset (the number `solve` waits for), and where the
+failed ones got to, grouped into `bin`-pixel bins. Training episodes sample at
+temperature 1; a protocol evaluation (`mario-rl eval`) is still the measure of a policy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from mario_rl.envs import level_x
+from mario_rl.errors import UserError
+from mario_rl.plots import read_episodes
+
+
+def _start_kind(start: float) -> str:
+    if math.isnan(start):
+        return "unknown"  # rows written before episodes.csv had a start column's value
+    return "reset" if start == 0 else "retry" if start < 0 else "demo"
+
+
+def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, since: int = 0) -> dict:
+    """Summarize a run's episodes.csv (`run` is the run folder or the file itself) in blocks of `block` steps.
+
+    Runs without a start column (no demonstration) count every episode as a real reset."""
+    if block < 1 or bin < 1 or top < 0 or since < 0:
+        raise UserError("--block and --bin must be positive, --top and --since at least 0")
+    path = Path(run)
+    path = path / "episodes.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give a run folder (with episodes.csv) or the file itself")
+    try:
+        data = read_episodes(path, extra=("flag", "start"))
+    except (KeyError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a run's episodes.csv ({type(e).__name__}: {e})") from None
+    if not data:
+        raise UserError(f"{path} holds no episodes yet")
+    if "flag" not in data or np.isnan(data["step"]).any() or np.isnan(data["x"]).any():
+        raise UserError(f"{path} is not a run's episodes.csv (it needs step, x and flag in every row)")
+    has_start = "start" in data
+    blocks: dict[int, dict] = {}
+    for i, step in enumerate(data["step"]):
+        if step < since:
+            continue
+        kind = _start_kind(data["start"][i]) if has_start else "reset"
+        b = blocks.setdefault(int(step) // block, {"episodes": 0, "starts": Counter(), "reset_clears": 0,
+                                                   "died_at": Counter()})
+        b["episodes"] += 1
+        b["starts"][kind] += 1
+        if kind == "reset":
+            if data["flag"][i] > 0:
+                b["reset_clears"] += 1
+            else:
+                # level_x: episodes.csv from before it holds 4-4's wrapped x as 65,535.
+                b["died_at"][level_x(int(data["x"][i])) // bin * bin] += 1
+    rows = [_row(k * block, (k + 1) * block, b, top) for k, b in sorted(blocks.items())]
+    total = {"episodes": 0, "starts": Counter(), "reset_clears": 0, "died_at": Counter()}
+    for b in blocks.values():
+        total["episodes"] += b["episodes"]
+        total["reset_clears"] += b["reset_clears"]
+        total["starts"].update(b["starts"])
+        total["died_at"].update(b["died_at"])
+    first = rows[0]["from"] if rows else since
+    last = int(data["step"][-1])
+    return {"path": str(path), "block": block, "bin": bin, "blocks": rows,
+            "total": _row(first, last, total, top) if rows else None}
+
+
+def _row(lo: int, hi: int, b: dict, top: int) -> dict:
+    resets = b["starts"]["reset"]
+    failed = resets - b["reset_clears"]
+    return {"from": lo, "to": hi, "episodes": b["episodes"], "starts": dict(b["starts"]), "resets": resets,
+            "reset_clears": b["reset_clears"], "reset_clear_rate": b["reset_clears"] / resets if resets else None,
+            # Where failures got to, most frequent first, with the share of all failures from a reset.
+            "died_at": [(x, n, n / failed) for x, n in b["died_at"].most_common(top)]}
+
+
+def format_report(report: dict) -> str:
+    bin_ = report["bin"]
+    lines = [f"{report['path']}: episodes per {report['block']:,} agent steps; clears and deaths count "
+             f"episodes from a real reset (training: temperature 1)",
+             f"{'steps from':>12} {'episodes':>8} {'reset/demo/retry':>17} {'clears':>9} {'rate':>5}  "
+             f"failures got to x (bins of {bin_})"]
+
+    def line(r: dict, label: str) -> str:
+        s = r["starts"]
+        kinds = f"{s.get('reset', 0)}/{s.get('demo', 0)}/{s.get('retry', 0)}"
+        rate = "-" if r["reset_clear_rate"] is None else f"{r['reset_clear_rate']:.2f}"
+        died = ", ".join(f"{x}-{x + bin_ - 1} {share:.0%}" for x, _, share in r["died_at"])
+        return f"{label:>12} {r['episodes']:>8} {kinds:>17} {r['reset_clears']:>4}/{r['resets']:<4} {rate:>5}  {died}"
+
+    lines += [line(r, f"{r['from']:,}") for r in report["blocks"]]
+    if report["total"] is not None:
+        t = report["total"]
+        lines.append(line(t, "all"))
+        unknown = t["starts"].get("unknown", 0)
+        if unknown:
+            lines.append(f"({unknown} episodes from before episodes.csv recorded starts are left out of the clears)")
+    return "\n".join(lines)
