@@ -22,6 +22,7 @@ def test_report_counts_clears_from_real_resets_only(tmp_path):
         {"step": 200, "x": 950, "flag": 0, "start": 0},       # reset, died at 950
         {"step": 300, "x": 3000, "flag": 1, "start": 1600},   # demonstration start: not a reset clear
         {"step": 400, "x": 1640, "flag": 0, "start": -1},     # retry: not a reset death
+        {"step": 500, "x": 1700, "flag": 0, "start": 1900},   # demonstration start, failed
         {"step": 1100, "x": 1650, "flag": 0, "start": 0},     # next block
         {"step": 1200, "x": 1601, "flag": 0, "start": 0},
         {"step": 1300, "x": 980, "flag": 0, "start": 0},
@@ -30,14 +31,19 @@ def test_report_counts_clears_from_real_resets_only(tmp_path):
     write_csv(tmp_path / "episodes.csv", rows)
     r = run_report(tmp_path, block=1000, bin=100, top=2)
     first, second = r["blocks"]
-    assert (first["from"], first["episodes"], first["resets"], first["reset_clears"]) == (0, 4, 2, 1)
-    assert first["starts"] == {"reset": 2, "demo": 1, "retry": 1}
+    assert (first["from"], first["episodes"], first["resets"], first["reset_clears"]) == (0, 5, 2, 1)
+    assert first["starts"] == {"reset": 2, "demo": 2, "retry": 1}
     assert first["reset_clear_rate"] == 0.5 and first["died_at"] == [(900, 1, 1.0)]
     assert (second["from"], second["resets"], second["reset_clears"]) == (1000, 4, 1)
     assert second["died_at"] == [(1600, 2, 2 / 3), (900, 1, 1 / 3)]
     assert (r["total"]["resets"], r["total"]["reset_clears"]) == (6, 2)
+    # Demonstration starts by start frame (bins of 400): 1600 cleared, 1900 did not; both in 1600-1999.
+    assert r["from_demo"] == [{"from_frame": 1600, "episodes": 2, "clears": 1, "clear_rate": 0.5}]
+    assert run_report(tmp_path, frames=100)["from_demo"][1] == {"from_frame": 1900, "episodes": 1, "clears": 0,
+                                                                 "clear_rate": 0.0}
     later = run_report(tmp_path / "episodes.csv", block=1000, since=1000)
     assert [b["from"] for b in later["blocks"]] == [1000] and later["total"]["episodes"] == 4
+    assert later["from_demo"] == []
 
 
 def test_report_without_a_start_column_counts_every_episode_as_a_reset(tmp_path):

@@ -260,6 +260,8 @@ class ReportArgs:
     """width in pixels of the x bins that failures are grouped into"""
     top: int = 3
     """x bins shown per row, the most frequent first"""
+    frames: int = 400
+    """width in emulator frames of the start-frame bins of episodes started along a demonstration"""
     since: int = 0
     """leave out episodes that ended before this agent step"""
     json: bool = False
@@ -270,7 +272,7 @@ def cmd_report(args: list[str]) -> None:
     from mario_rl.report import format_report, run_report
 
     a = _parse(ReportArgs, args, "mario-rl report")
-    report = run_report(a.run, block=a.block, bin=a.bin, top=a.top, since=a.since)
+    report = run_report(a.run, block=a.block, bin=a.bin, top=a.top, since=a.since, frames=a.frames)
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
 

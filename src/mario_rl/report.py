@@ -6,7 +6,9 @@ the agent's own deaths (-1). Only the first kind is what the protocol plays, so 
 learning curves' x and return, which average all three, say little about how close a
 run is to a pass. This table keeps them apart: per block, the share of each kind, the
 clear rate of episodes from a real reset (the number `solve` waits for), and where the
-failed ones got to, grouped into `bin`-pixel bins. Training episodes sample at
+failed ones got to, grouped into `bin`-pixel bins; then, over all the blocks, how often
+episodes started along the demonstration reach the flag, by start frame (`frames` per
+bin): which stretches of it the agent has learned. Training episodes sample at
 temperature 1; a protocol evaluation (`mario-rl eval`) is still the measure of a policy.
 """
 
@@ -29,12 +31,13 @@ def _start_kind(start: float) -> str:
     return "reset" if start == 0 else "retry" if start < 0 else "demo"
 
 
-def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, since: int = 0) -> dict:
+def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, since: int = 0,
+               frames: int = 400) -> dict:
     """Summarize a run's episodes.csv (`run` is the run folder or the file itself) in blocks of `block` steps.
 
     Runs without a start column (no demonstration) count every episode as a real reset."""
-    if block < 1 or bin < 1 or top < 0 or since < 0:
-        raise UserError("--block and --bin must be positive, --top and --since at least 0")
+    if block < 1 or bin < 1 or frames < 1 or top < 0 or since < 0:
+        raise UserError("--block, --bin and --frames must be positive, --top and --since at least 0")
     path = Path(run)
     path = path / "episodes.csv" if path.is_dir() else path
     if not path.is_file():
@@ -49,6 +52,7 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
         raise UserError(f"{path} is not a run's episodes.csv (it needs step, x and flag in every row)")
     has_start = "start" in data
     blocks: dict[int, dict] = {}
+    from_demo: dict[int, list[int]] = {}  # start-frame bin: [episodes, clears]
     for i, step in enumerate(data["step"]):
         if step < since:
             continue
@@ -57,6 +61,10 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
                                                    "died_at": Counter()})
         b["episodes"] += 1
         b["starts"][kind] += 1
+        if kind == "demo":
+            d = from_demo.setdefault(int(data["start"][i]) // frames * frames, [0, 0])
+            d[0] += 1
+            d[1] += int(data["flag"][i] > 0)
         if kind == "reset":
             if data["flag"][i] > 0:
                 b["reset_clears"] += 1
@@ -73,7 +81,9 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
     first = rows[0]["from"] if rows else since
     last = int(data["step"][-1])
     return {"path": str(path), "block": block, "bin": bin, "blocks": rows,
-            "total": _row(first, last, total, top) if rows else None}
+            "total": _row(first, last, total, top) if rows else None, "frames": frames,
+            "from_demo": [{"from_frame": f, "episodes": n, "clears": c, "clear_rate": c / n}
+                          for f, (n, c) in sorted(from_demo.items())]}
 
 
 def _row(lo: int, hi: int, b: dict, top: int) -> dict:
@@ -106,4 +116,9 @@ def format_report(report: dict) -> str:
         unknown = t["starts"].get("unknown", 0)
         if unknown:
             lines.append(f"({unknown} episodes from before episodes.csv recorded starts are left out of the clears)")
+    if report["from_demo"]:
+        lines.append(f"episodes started along the demonstration that reached the flag (or axe), by start frame "
+                     f"(bins of {report['frames']}):")
+        lines += [f"{d['from_frame']:>12,} {d['clears']:>8}/{d['episodes']:<8} {d['clear_rate']:.2f}"
+                  for d in report["from_demo"]]
     return "\n".join(lines)
