@@ -251,6 +251,16 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     assert "start anywhere" in uniform.stdout
     _, state = load_tensors(tmp_path / "ru" / "checkpoint.safetensors", "checkpoint")
     assert "curriculum" not in state
+    # Prioritized starts, resumed: the clear rates behind the weights are read back from episodes.csv.
+    prio = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "prioritized", "--envs", 2,
+                   "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", tmp_path / "rp")
+    assert prio.returncode == 0 and "start prioritized" in prio.stdout, prio.stderr
+    again = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", tmp_path / "rp", "--resume", "--steps", 128,
+                    "--video-steps", 0)
+    assert again.returncode == 0 and "start prioritized" in again.stdout, again.stderr
+    bad_order = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "random",
+                        "--run-dir", tmp_path / "rx")
+    assert bad_order.returncode == 2 and "--demo-order must be one of" in bad_order.stderr
     wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
     assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
 
@@ -303,3 +313,35 @@ def test_cells_tell_changed_blocks_near_mario_apart():
     far = (col + 10) % 32
     env.ram[0x0500 + (far >> 4) * 0xD0 + (far & 15) + 16 * 7] = 0xC4
     assert cell_key(env) == base
+
+
+def test_start_priorities_favour_stretches_cleared_only_sometimes():
+    from mario_rl.curriculum import StartPriorities
+
+    p = StartPriorities(starts=12, segment=4, floor=0.05, window=8, min_episodes=4)
+    # Untried segments share the largest weight: uniform at first.
+    assert p.weights() == pytest.approx([1 / 12] * 12) and p.segment_rates() == [None, None, None]
+    for i in range(8):
+        p.record(1 * DEMO_STRIDE, cleared=i % 2 == 0)   # segment 0: half
+        p.record(5 * DEMO_STRIDE, cleared=False)         # segment 1: never
+        p.record(9 * DEMO_STRIDE, cleared=True)          # segment 2: always
+    assert p.segment_rates() == [0.5, 0.0, 1.0]
+    w = p.weights()
+    assert abs(sum(w) - 1) < 1e-9 and w[0] == w[3] and w[4] == w[11]
+    assert w[0] == pytest.approx(0.30 / 0.40 / 4) and w[4] == pytest.approx(0.05 / 0.40 / 4)  # 0.25 + floor
+    assert not p.record(0, True) and not p.record(-1, True) and not p.record(12 * DEMO_STRIDE, True)
+    # The latest `window` episodes count: a segment the agent learns moves from the floor to the top.
+    for _ in range(4):
+        p.record(5 * DEMO_STRIDE, cleared=True)
+    assert p.segment_rates()[1] == 0.5
+
+
+def test_demo_start_draws_states_by_weights():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0)
+    n = len(env.snapshots)
+    env.set_demo_window(0, n - 1, weights=[0] * (n - 2) + [1, 1])
+    starts = {env.reset(seed=i)[1]["demo_start"] for i in range(20)}
+    assert starts == {(n - 2) * DEMO_STRIDE, (n - 1) * DEMO_STRIDE}
+    with pytest.raises(ValueError, match="weights"):
+        env.set_demo_window(0, n - 1, weights=[1.0])

@@ -186,7 +186,7 @@ class DemoStart(gym.Wrapper):
     emulator snapshot every `stride` frames (unless `snapshots` from `demo_snapshots` are
     given). A reset then, unless told to start from the beginning, restores a snapshot
     picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the learner moves the window back
-    towards the start as the agent learns to finish from it. A share `behind` of the
+    towards the start as the agent learns to finish from it (or it gives a weight per snapshot instead). A share `behind` of the
     starts is drawn from the whole stretch after `lo` instead, so that every obstacle
     already passed keeps being practised from close by: an agent that clears each
     of five obstacles 70% of the time clears them all 17% of the time. `p_reset` of the
@@ -222,14 +222,20 @@ class DemoStart(gym.Wrapper):
         self._budget = None  # frames left to this episode, when it started from the demonstration
         self.stride, self.p_reset = int(stride), float(p_reset)
         self.snapshots = snapshots if snapshots is not None else demo_snapshots(env.unwrapped, demo, self.stride)
-        self.window, self.behind, self.retry = (0, -1), 0.0, 0.0
+        self.window, self.behind, self.retry, self.weights = (0, -1), 0.0, 0.0, None
         self._rng = np.random.default_rng()
         self._frame, self._own = 0, True
         self._trail: deque = deque(maxlen=RETRY_TRAIL)  # this episode's latest states, `stride` frames apart
         self._retries: deque = deque(maxlen=RETRY_KEEP)  # states shortly before recent deaths
 
-    def set_demo_window(self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0) -> None:
+    def set_demo_window(self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0,
+                        weights: list[float] | None = None) -> None:
+        """Start from states lo..hi (`behind` of the time from any after lo), or, with `weights` (one
+        probability per snapshot, curriculum.StartPriorities), from any state, drawn by those weights."""
         self.window, self.behind, self.retry = (int(lo), int(hi)), float(behind), float(retry)
+        if weights is not None and len(weights) != len(self.snapshots):
+            raise ValueError(f"{len(weights)} weights for {len(self.snapshots)} start states")
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
@@ -244,8 +250,10 @@ class DemoStart(gym.Wrapper):
         elif self._retries and self._rng.random() < self.retry:
             (obs, info), start = self._restore(self._retries[int(self._rng.integers(len(self._retries)))]), -1
             self._budget = self.slack
-        elif hi >= lo:
-            if self._rng.random() < self.behind:
+        elif self.weights is not None or hi >= lo:
+            if self.weights is not None:
+                i = int(self._rng.choice(len(self.snapshots), p=self.weights))
+            elif self._rng.random() < self.behind:
                 i = int(self._rng.integers(lo, len(self.snapshots)))
             else:
                 i = int(self._rng.integers(lo, hi + 1))

@@ -65,8 +65,9 @@ class SolveConfig:
     check_every: int = 100_000
     """agent steps between checks, at least (a check plays 20 protocol episodes, about 2 minutes here)"""
     demo_order: str = "backward"
-    """where PPO episodes start: backward (near the flag first, moving back as the agent clears) or
-    uniform (anywhere along the demonstration from the start)"""
+    """where PPO episodes start: backward (near the flag first, moving back as the agent clears),
+    uniform (anywhere along the demonstration from the start) or prioritized (anywhere, more often
+    where the agent clears only sometimes)"""
     demo_retry: float = 0.25
     """share of PPO's non-reset starts taken from shortly before the agent's own recent deaths
     (PPOConfig.demo_retry)"""

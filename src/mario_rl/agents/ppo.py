@@ -78,7 +78,8 @@ class PPOConfig(TrainConfig):
     """a demonstration (mario-rl explore's demo.json): start episodes along it, moving back as the agent learns"""
     demo_order: str = "backward"
     """backward: start near the flag and move back as the agent clears (Salimans and Chen);
-    uniform: start anywhere along the demonstration from the first update"""
+    uniform: start anywhere along the demonstration from the first update;
+    prioritized: anywhere, more often where the agent clears only sometimes (curriculum.StartPriorities)"""
     demo_back: int = 8
     """demonstration start states (16 frames apart) the start moves back each time"""
     demo_behind: float = 0.3
@@ -109,8 +110,11 @@ class PPOConfig(TrainConfig):
             raise UserError(f"--demo-retry must be in [0, 1], got {self.demo_retry}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.demo_order not in ("backward", "uniform"):
-            raise UserError(f"--demo-order must be backward or uniform, got {self.demo_order!r}")
+        if self.demo_order not in DEMO_ORDERS:
+            raise UserError(f"--demo-order must be one of {', '.join(DEMO_ORDERS)}, got {self.demo_order!r}")
+
+
+DEMO_ORDERS = ("backward", "uniform", "prioritized")
 
 
 def use_bf16(precision: str) -> bool:
@@ -207,9 +211,9 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
     pre = Preprocessing(cfg.actions)
     bf16 = use_bf16(cfg.precision)
-    demo, curriculum, window = None, None, None
+    demo, curriculum, window, priorities = None, None, None, None
     if cfg.demo is not None:
-        from mario_rl.curriculum import BackwardCurriculum, demo_starts
+        from mario_rl.curriculum import BackwardCurriculum, StartPriorities, demo_starts
         from mario_rl.explore import load_demo, save_demo
 
         # The run keeps its own copy, so that --resume does not depend on the original file.
@@ -223,6 +227,16 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             curriculum = BackwardCurriculum(starts, back=cfg.demo_back, success=cfg.demo_success)
         else:
             window = (0, starts - 1, 0.0)  # every start state, for the whole run
+            if cfg.demo_order == "prioritized":
+                priorities = StartPriorities(starts)
+                if run.resumed_state is not None:
+                    from mario_rl.plots import read_episodes
+
+                    # The clear rates behind the weights come back from episodes.csv rather than the checkpoint.
+                    past = read_episodes(run.dir / "episodes.csv", extra=("flag", "start"))
+                    for start, flag in zip(past.get("start", ()), past.get("flag", ())):
+                        if start == start:  # not NaN: rows from before starts were recorded have none
+                            priorities.record(int(start), flag > 0)
     envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo,
                         parts=cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1))
     # Each part of the envs is stepped asynchronously (make_vec_env's parts); a plain vector env is one part.
@@ -285,7 +299,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
 
     def set_demo_window() -> None:
         start = window if curriculum is None else (*curriculum.window(), cfg.demo_behind)
-        envs.call("set_demo_window", *start, retry=cfg.demo_retry)
+        weights = None if priorities is None else priorities.weights()
+        envs.call("set_demo_window", *start, retry=cfg.demo_retry, weights=weights)
 
     if demo is not None:
         set_demo_window()
@@ -325,6 +340,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                                 reset_flags.append(int(ep["flag"]))
                             if curriculum is not None:
                                 move_window |= curriculum.record(int(ep["start"]), bool(ep["flag"]))
+                            if priorities is not None:
+                                move_window |= priorities.record(int(ep["start"]), bool(ep["flag"]))
                     if t == cfg.num_steps:
                         continue
                     obs_buf[t, part], dones[t, part] = next_obs[part], next_done[part]
@@ -335,7 +352,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                     actions[t, part], values[t, part] = action, value
                     logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
                     send(p, action.numpy())
-            if move_window:  # every part is idle now, as a call to the envs needs
+            if move_window:  # every part is idle now, as a call to the envs needs (priorities: new clear rates)
                 set_demo_window()
             with torch.no_grad():
                 next_value = agent(next_obs, bf16=bf16)[1]
@@ -366,7 +383,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             run.log_scalars(step, "charts", SPS=run.progress.sps)
             demo_status = {}
             if demo is not None:
-                start = "anywhere" if curriculum is None else "reset" if curriculum.done else f"frame {curriculum.start_frame}"
+                start = ({"uniform": "anywhere"}.get(cfg.demo_order, cfg.demo_order) if curriculum is None
+                         else "reset" if curriculum.done else f"frame {curriculum.start_frame}")
                 demo_status = {"start": start, "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
             if curriculum is not None:
                 run.log_scalars(step, "charts", demo_start_frame=curriculum.start_frame)
