@@ -274,7 +274,7 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     (out / "explore").mkdir(parents=True)
     shutil.copy(Path(__file__).parent / "data" / "1-1-demo.json", out / "explore" / "demo.json")
     proc = run_cli("solve", "1-1", "--out", out, "--steps", 128, "--envs", 2, "--checkpoint-every", 64,
-                   "--eval-episodes", 1)
+                   "--eval-episodes", 1, "--gamma", 0.99, "--reward-scale", 0.01)
     assert "using the demonstration" in proc.stdout, proc.stderr
     # 128 steps of PPO do not clear 1-1: exit code 1, and the files say so.
     assert proc.returncode == 1, proc.stderr
@@ -282,12 +282,16 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert result["episodes"] == 1 and result["seeds"] == [1000] and result["passed"] is False
     assert (out / "policy.safetensors").exists() and (out / "eval.mp4").exists()
     assert (out / "run" / "checkpoint.safetensors").exists()
+    saved = json.loads((out / "run" / "config.json").read_text())
+    assert (saved["gamma"], saved["reward_scale"]) == (0.99, 0.01)
     assert result["temperature"] == 0.25  # solve's default, written into the policy file it evaluated
     from mario_rl.policy import load_policy
 
     assert load_policy(out / "policy.safetensors").temperature == 0.25
     bad = run_cli("solve", "1-1", "--out", out, "--check-from", 21)
     assert bad.returncode == 2 and "--check-from" in bad.stderr
+    bad = run_cli("solve", "1-1", "--out", tmp_path / "g", "--gamma", 1.5)  # refused before any search
+    assert bad.returncode == 2 and "--gamma must be in (0, 1]" in bad.stderr and not (tmp_path / "g").exists()
     fresh = run_cli("solve", "1-1", "--out", tmp_path / "none", "--resume-set", "demo_retry=0.5")
     assert fresh.returncode == 2 and "holds none" in fresh.stderr and not (tmp_path / "none").exists()
 

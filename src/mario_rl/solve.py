@@ -73,6 +73,12 @@ class SolveConfig:
     (PPOConfig.demo_retry)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
+    gamma: float | None = None
+    """PPO's discount factor for a new run (None: PPOConfig's, 0.9). Under sticky actions a short horizon
+    prefers a risky jump now to a safe one a second later; see the README"""
+    reward_scale: float | None = None
+    """PPO's reward scale for a new run (None: PPOConfig's, 0.05); with a longer horizon the returns grow,
+    and a smaller scale keeps the value head's targets in the same range"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
@@ -93,13 +99,20 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     if cfg.stage == "game":
         raise UserError("solve works on one stage at a time (1-1 ... 8-4), not on game")
     out = Path(cfg.out or Path("solutions") / cfg.stage)
-    if cfg.resume_set and not (out / "run" / "checkpoint.safetensors").exists():
-        raise UserError(f"--resume-set changes a resumed run's settings, and {out / 'run'} holds none")
+    demo_path, run_dir = out / "explore" / "demo.json", out / "run"
+    if cfg.resume_set and not (run_dir / "checkpoint.safetensors").exists():
+        raise UserError(f"--resume-set changes a resumed run's settings, and {run_dir} holds none")
+    ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
+                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
+                    demo_retry=cfg.demo_retry, run_dir=run_dir,
+                    resume=(run_dir / "checkpoint.safetensors").exists(), resume_set=cfg.resume_set,
+                    checkpoint_every=cfg.checkpoint_every, video_steps=1500,
+                    **{k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None})
+    ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
     t0 = time.monotonic()
     timings: dict[str, float] = {}
 
     # 1. A demonstration.
-    demo_path = out / "explore" / "demo.json"
     if demo_path.exists() and replay(load_demo(demo_path))["flag"]:
         echo(f"using the demonstration in {demo_path}")
     else:
@@ -113,7 +126,6 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     timings["explore_s"] = time.monotonic() - t0
 
     # 2-3. PPO from the demonstration, stopping at the first protocol pass.
-    run_dir = out / "run"
     checks: list[dict] = []
 
     def after_update(step: int, status: dict) -> bool:
@@ -132,12 +144,6 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         echo(f"check at step {step:,}: cleared {r['clears']}/{r['episodes']} (seeds {seed}..{seed + 19})")
         return r["clears"] >= 18
 
-    ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
-                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
-                    demo_retry=cfg.demo_retry, run_dir=run_dir,
-                    resume=(run_dir / "checkpoint.safetensors").exists(), resume_set=cfg.resume_set,
-                    checkpoint_every=cfg.checkpoint_every,
-                    video_steps=1500)
     t1 = time.monotonic()
     run = train(ppo, after_update=after_update)
     timings["train_s"] = time.monotonic() - t1

@@ -104,6 +104,8 @@ class PPOConfig(TrainConfig):
             raise UserError("--envs x --num-steps must be divisible by --num-minibatches")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or self.reward_scale <= 0:
+            raise UserError("--gamma must be in (0, 1], --gae-lambda in [0, 1] and --reward-scale positive")
         if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
             raise UserError("--demo-back must be positive, --demo-success in (0, 1] and --demo-behind in [0, 1]")
         if not 0 <= self.demo_retry <= 1:
