@@ -89,8 +89,8 @@ class StartPriorities:
     stretches the agent clears from only some of the time.
 
     Uniform starts spend their samples evenly, and late in training most go where the agent
-    already succeeds: on 1-2 from 3.45M to 4.3M steps, episodes started after frame 2,480 reached
-    the flag 94-100% of the time, while starts at frames 1,200-1,279 (a Koopa under the brick
+    already succeeds: on 1-2 from 3.45M to 4.3M steps, episodes started from frame 2,560 on (but
+    2,960-3,039) reached the flag 94-100% of the time, while starts at frames 1,200-1,279 (a Koopa under the brick
     ceiling) did 20% and at 2,080-2,159 (before the Piranha Plants' pipes) 25% (`mario-rl report`).
     The start states fall in segments of `segment`; each segment is drawn with weight p(1 - p) +
     `floor`, where p is the clear rate of its latest `window` episodes: a stretch the agent
