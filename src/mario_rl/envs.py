@@ -185,10 +185,10 @@ class DemoStart(gym.Wrapper):
     At construction the demonstration is replayed once on the base env, keeping an
     emulator snapshot every `stride` frames (unless `snapshots` from `demo_snapshots` are
     given). A reset then, unless told to start from the beginning, restores a snapshot
-    picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the learner moves the window back
-    towards the start as the agent learns to finish from it (or it gives a weight per snapshot instead). A share `behind` of the
-    starts is drawn from the whole stretch after `lo` instead, so that every obstacle
-    already passed keeps being practised from close by: an agent that clears each
+    picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the
+    learner moves the window back towards the start as the agent learns to finish from it (or it gives a
+    weight per snapshot instead). A share `behind` of the starts is drawn from the whole stretch after
+    `lo` instead, so that every obstacle already passed keeps being practised from close by: an agent that clears each
     of five obstacles 70% of the time clears them all 17% of the time. `p_reset` of the
     resets (and every reset while the window is empty) are ordinary ones, no-op
     start included. info["demo_start"] is the frame the episode started from.

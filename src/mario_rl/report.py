@@ -57,8 +57,7 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
         if step < since:
             continue
         kind = _start_kind(data["start"][i]) if has_start else "reset"
-        b = blocks.setdefault(int(step) // block, {"episodes": 0, "starts": Counter(), "reset_clears": 0,
-                                                   "died_at": Counter()})
+        b = blocks.setdefault(int(step) // block, _tally())
         b["episodes"] += 1
         b["starts"][kind] += 1
         if kind == "demo":
@@ -72,7 +71,7 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
                 # level_x: episodes.csv from before it holds 4-4's wrapped x as 65,535.
                 b["died_at"][level_x(int(data["x"][i])) // bin * bin] += 1
     rows = [_row(k * block, (k + 1) * block, b, top) for k, b in sorted(blocks.items())]
-    total = {"episodes": 0, "starts": Counter(), "reset_clears": 0, "died_at": Counter()}
+    total = _tally()
     for b in blocks.values():
         total["episodes"] += b["episodes"]
         total["reset_clears"] += b["reset_clears"]
@@ -84,6 +83,11 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
             "total": _row(first, last, total, top) if rows else None, "frames": frames,
             "from_demo": [{"from_frame": f, "episodes": n, "clears": c, "clear_rate": c / n}
                           for f, (n, c) in sorted(from_demo.items())]}
+
+
+def _tally() -> dict:
+    """What a block (or all of them) counts: episodes, their starts, clears from a reset, where failures got to."""
+    return {"episodes": 0, "starts": Counter(), "reset_clears": 0, "died_at": Counter()}
 
 
 def _row(lo: int, hi: int, b: dict, top: int) -> dict:

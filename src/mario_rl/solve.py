@@ -100,12 +100,13 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         raise UserError("solve works on one stage at a time (1-1 ... 8-4), not on game")
     out = Path(cfg.out or Path("solutions") / cfg.stage)
     demo_path, run_dir = out / "explore" / "demo.json", out / "run"
-    if cfg.resume_set and not (run_dir / "checkpoint.safetensors").exists():
+    resuming = (run_dir / "checkpoint.safetensors").exists()
+    if cfg.resume_set and not resuming:
         raise UserError(f"--resume-set changes a resumed run's settings, and {run_dir} holds none")
     ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
                     noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
                     demo_retry=cfg.demo_retry, run_dir=run_dir,
-                    resume=(run_dir / "checkpoint.safetensors").exists(), resume_set=cfg.resume_set,
+                    resume=resuming, resume_set=cfg.resume_set,
                     checkpoint_every=cfg.checkpoint_every, video_steps=1500,
                     **{k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None})
     ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
