@@ -188,13 +188,12 @@ class DemoStart(gym.Wrapper):
     picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the
     learner moves the window back towards the start as the agent learns to finish from it (or it gives a
     weight per snapshot instead). A share `behind` of the starts is drawn from the whole stretch after
-    `lo` instead, so that every obstacle already passed keeps being practised from close by: an agent that clears each
-    of five obstacles 70% of the time clears them all 17% of the time. `p_reset` of the
-    resets (and every reset while the window is empty) are ordinary ones, no-op
-    start included. info["demo_start"] is the frame the episode started from.
-    An episode from a demonstration state is truncated after twice the frames the
-    demonstration took from there, plus `slack`: the game's clock would otherwise
-    let a lost agent idle for minutes of play in a stretch it will learn later.
+    `lo` instead, so that every obstacle already passed keeps being practised from close by: an agent
+    that clears each of five obstacles 70% of the time clears them all 17% of the time. `p_reset` of the
+    resets (and every reset while the window is empty) are ordinary ones, no-op start included.
+    info["demo_start"] is the frame the episode started from. An episode from a demonstration state is
+    truncated after twice the frames the demonstration took from there, plus `slack`: the game's clock
+    would otherwise let a lost agent idle for minutes of play in a stretch it will learn later.
 
     With `retry` > 0 (set_demo_window's), a share `retry` of the non-reset starts instead
     restores a state the agent itself was in, 33 to 128 frames (half a second to two)
