@@ -296,6 +296,25 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert fresh.returncode == 2 and "holds none" in fresh.stderr and not (tmp_path / "none").exists()
 
 
+def test_a_check_passes_only_when_its_confirmation_passes_too():
+    """solve stops training on two passing 20-episode sets in a row, on seeds no other set used."""
+    from mario_rl.solve import run_check
+
+    played = []
+
+    def play(clears_by_seed):
+        return lambda seed: played.append(seed) or {"clears": clears_by_seed[seed], "episodes": 20}
+
+    assert run_check(play({500: 19, 520: 18}), 7, 500, confirm=True, echo=lambda _: None)[0]
+    passed, records = run_check(play({500: 19, 520: 15}), 7, 500, confirm=True, echo=lambda _: None)
+    assert not passed and [r["clears"] for r in records] == [19, 15] and records[1]["seed"] == 520
+    passed, records = run_check(play({500: 17}), 7, 500, confirm=True, echo=lambda _: None)
+    assert not passed and len(records) == 1  # a failed check is not repeated
+    assert run_check(play({500: 18}), 7, 500, confirm=False, echo=lambda _: None) == (True, [
+        {"step": 7, "seed": 500, "clears": 18, "episodes": 20}])
+    assert played == [500, 520, 500, 520, 500, 500]
+
+
 def test_cells_tell_changed_blocks_near_mario_apart():
     """A block revealed near Mario (8-4's way on) is a new cell; one far away is not."""
     from mario_rl.explore import blocks_near, cell_key, mario_x, raw_env
