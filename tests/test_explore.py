@@ -298,12 +298,14 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
 
 def test_a_check_passes_only_when_its_confirmation_passes_too():
     """solve stops training on two passing 20-episode sets in a row, on seeds no other set used."""
+    from mario_rl.evaluate import CLEAR_RATE
     from mario_rl.solve import run_check
 
     played = []
 
     def play(clears_by_seed):
-        return lambda seed: played.append(seed) or {"clears": clears_by_seed[seed], "episodes": 20}
+        return lambda seed: played.append(seed) or {"clears": clears_by_seed[seed], "episodes": 20,
+                                                    "cleared_stage": clears_by_seed[seed] / 20 >= CLEAR_RATE}
 
     assert run_check(play({500: 19, 520: 18}), 7, 500, confirm=True, echo=lambda _: None)[0]
     passed, records = run_check(play({500: 19, 520: 15}), 7, 500, confirm=True, echo=lambda _: None)
