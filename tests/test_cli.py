@@ -126,6 +126,13 @@ def test_eval_and_play_a_trained_policy(tiny_run, tmp_path):
                           "trained with the 'right' action set, not 'simple'")
 
 
+def test_eval_from_a_frame_needs_its_demonstration(tmp_path):
+    assert_one_line_error(run_cli("eval", "1-1", "1-1", "--from-frame", "100"), "--demo and --from-frame go together")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert_one_line_error(run_cli("eval", "1-1", "1-1", "--demo", bad, "--from-frame", "5"), "not a demonstration")
+
+
 def test_bench_reports_rates_against_the_emulator_ceiling():
     proc = run_cli("bench", "--seconds", "0.5", "--no-tutorial", "--ppo-steps", "0", "--vec-envs", "2", "--json")
     assert proc.returncode == 0, proc.stderr

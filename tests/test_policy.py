@@ -216,3 +216,30 @@ def test_bundled_policies_load_by_stage_name(path):
     obs, _ = env.reset(seed=0)
     assert 0 <= policy.act(obs) < env.action_space.n
     env.close()
+
+
+def test_evaluate_from_a_frame_of_the_demonstration_starts_every_episode_there():
+    """`eval --demo --from-frame`: the bundled 1-1 policy, started 80 frames before the demonstration's flag
+    frame, reaches the flag within a few dozen agent steps; from the stage's start it takes about 280."""
+    import json
+    from pathlib import Path
+
+    from mario_rl.envs import demo_state, make_base_env
+    from mario_rl.evaluate import evaluate
+
+    demo = json.loads((Path(__file__).resolve().parents[1] / "demos" / "1-1.json").read_text())
+    frame = len(demo["frames"]) - 80
+    ref = gym_super_mario_bros.make("SuperMarioBros-1-1-v0")
+    ref.reset(seed=demo["seed"])
+    for b in demo["frames"][:frame]:
+        ref.step(b)
+    env = make_base_env("1-1", start_state=demo_state(demo, frame))
+    obs, info = env.reset(seed=0)
+    assert np.array_equal(obs, ref.unwrapped.screen) and info["x_pos"] == ref.unwrapped._x_position > 2900
+    result = evaluate(load_policy("1-1"), "1-1", episodes=2, seed=3, demo=demo, from_frame=frame)
+    assert result["from_frame"] == frame and result["clears"] == 2 and not result["cleared_stage"]
+    assert all(r["steps"] < 60 and r["x"] > 2900 for r in result["results"])
+    with pytest.raises(UserError, match="must be in 1.."):
+        demo_state(demo, len(demo["frames"]))
+    with pytest.raises(UserError, match="of stage 1-1, not 1-2"):
+        evaluate(load_policy("1-1"), "1-2", demo=demo, from_frame=10)

@@ -2,7 +2,7 @@
 
     mario-rl play [STAGE] [--policy PATH | --random] [--episodes N] [--out FILE.mp4] [--window]
     mario-rl train STAGE --algo ddqn|ppo [--steps N] [--run-dir DIR] [--resume] [--burnin ...|--envs N ...]
-    mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json]
+    mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json] [--demo F --from-frame N]
     mario-rl bench [--seconds S] [--tutorial]
     mario-rl explore STAGE [--minutes M] [--workers N] --out DIR
     mario-rl solve STAGE [--out DIR] [--explore-minutes M] [--steps N]
@@ -78,6 +78,11 @@ class EvalArgs:
     """also write the result JSON to this file"""
     video: Path | None = None
     """also record every episode into this video (.mp4, with a .gif preview)"""
+    demo: Path | None = None
+    """a demonstration (explore's demo.json) to count --from-frame along"""
+    from_frame: int = 0
+    """start every episode from the demonstration's state after this many frames, not from the stage's
+    start: where along the stage the policy fails (a diagnosis, not a protocol result)"""
 
 
 @dataclass
@@ -168,6 +173,13 @@ def cmd_eval(args: list[str]) -> None:
         from mario_rl.video import check_output_path
 
         check_output_path(a.video)
+    demo = None
+    if a.from_frame or a.demo is not None:
+        from mario_rl.explore import load_demo
+
+        if a.demo is None or not a.from_frame:
+            raise UserError("--demo and --from-frame go together")
+        demo = load_demo(a.demo)
     policy = load_policy(a.policy, a.act, a.temperature)
 
     def show(r):
@@ -176,7 +188,7 @@ def cmd_eval(args: list[str]) -> None:
             print(f"  seed {r['seed']:>6}  {mark}  x {r['x']:>5}  steps {r['steps']:>5}", flush=True)
 
     result = evaluate(policy, a.stage, episodes=a.episodes, sticky=a.sticky, noop_max=a.noop_max,
-                      seed=a.seed, video=a.video, on_episode=show)
+                      seed=a.seed, video=a.video, on_episode=show, demo=demo, from_frame=a.from_frame)
     if a.out is not None:
         atomic_write(a.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     if a.json:
@@ -186,7 +198,8 @@ def cmd_eval(args: list[str]) -> None:
               f"(clear rate {result['clear_rate']:.2f}, sticky {a.sticky}, no-ops 0..{a.noop_max}) | "
               f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
               f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
-              + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else ""))
+              + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else "")
+              + (f" | from frame {a.from_frame:,} of {a.demo}: not a protocol result" if a.from_frame else ""))
 
 
 def cmd_bench(args: list[str]) -> None:

@@ -247,7 +247,8 @@ class DemoStart(gym.Wrapper):
         if self._rng.random() < self.p_reset:
             self._budget = None
         elif self._retries and self._rng.random() < self.retry:
-            (obs, info), start = self._restore(self._retries[int(self._rng.integers(len(self._retries)))]), -1
+            retry = self._retries[int(self._rng.integers(len(self._retries)))]
+            (obs, info), start = restore_state(self.env, retry), -1
             self._budget = self.slack
         elif self.weights is not None or hi >= lo:
             if self.weights is not None:
@@ -256,20 +257,12 @@ class DemoStart(gym.Wrapper):
                 i = int(self._rng.integers(lo, len(self.snapshots)))
             else:
                 i = int(self._rng.integers(lo, hi + 1))
-            (obs, info), start = self._restore(self.snapshots[i]), i * self.stride
+            (obs, info), start = restore_state(self.env, self.snapshots[i]), i * self.stride
             self._budget = 2 * (self.length - start) + self.slack
         else:
             self._budget = None
         self._own = start <= 0  # a real reset or a retry: the agent's own states, not the demonstration's
         return obs, {**info, "demo_start": start}
-
-    def _restore(self, snapshot) -> tuple:
-        base = self.env.unwrapped
-        base.load_state(snapshot)
-        # The game keeps reward bookkeeping (x reached, clock, score) outside the emulator;
-        # its own after-reset hook re-reads it from the restored RAM.
-        base._did_reset()
-        return base.screen, base._get_info()
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -294,6 +287,42 @@ RETRY_KEEP = 64
 """states before recent deaths each env keeps to retry from; older ones make way. A nes-py snapshot
 takes about 256 KB (measured: 5,000 of them raised the peak RSS by 1.25 GB), so with the trail an env
 holds at most about 18 MB of them: 290 MB for 16 envs"""
+
+
+def restore_state(env: gym.Env, snapshot) -> tuple:
+    """Load an emulator snapshot into `env`'s game; return (screen, info) as a reset would."""
+    base = env.unwrapped
+    base.load_state(snapshot)
+    # The game keeps reward bookkeeping (x reached, clock, score) outside the emulator;
+    # its own after-reset hook re-reads it from the restored RAM.
+    base._did_reset()
+    return base.screen, base._get_info()
+
+
+class StartFrom(gym.Wrapper):
+    """Every reset restores one emulator state (`demo_state`) instead of the stage's start.
+
+    For evaluating from a point along a demonstration (`mario-rl eval --from-frame`): where along a
+    stage a policy fails, measured with the protocol's perturbations. Wrap it directly on the raw
+    game, under StickyButtons and NoopStart, so that the no-op frames are played from that state.
+    """
+
+    def __init__(self, env: gym.Env, state: list):
+        super().__init__(env)
+        self.state = state  # a _Snapshots list: it keeps alive the emulator the snapshot came from
+
+    def reset(self, *, seed=None, options=None):
+        self.env.reset(seed=seed, options=options)
+        return restore_state(self.env, self.state[-1])
+
+
+def demo_state(demo: dict, frame: int) -> list:
+    """The emulator state after the first `frame` frames of a demonstration, for StartFrom."""
+    n = len(demo["frames"])
+    if not 0 < frame < n:
+        raise UserError(f"the frame to start from must be in 1..{n - 1} (the demonstration has {n} frames), "
+                        f"got {frame}")
+    return demo_snapshots(None, {**demo, "frames": demo["frames"][:frame + 1]}, stride=frame)
 
 
 def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:
@@ -418,15 +447,19 @@ def make_base_env(
     frame_sink: Callable[[np.ndarray], None] | None = None,
     demo: dict | None = None,
     demo_states: list | None = None,
+    start_state: list | None = None,
 ) -> gym.Env:
     """The raw game with the protocol's perturbations: byte actions, one emulator frame per step.
 
     With a `demo`, resets can also start from states along it (DemoStart), the snapshots
     `demo_states` if given (`demo_snapshots`), else its own replay of the demonstration.
+    With a `start_state` (`demo_state`), every reset starts there instead (StartFrom).
     """
     import gym_super_mario_bros  # registers the ids; imported late because it loads ROM code
 
     env = gym_super_mario_bros.make(env_id(stage), render_mode=render_mode)
+    if start_state is not None:
+        env = StartFrom(env, start_state)
     if frame_sink is not None:
         env = FrameRecorder(env, frame_sink)
     if sticky:

@@ -9,7 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from mario_rl.envs import level_x, make_base_env
+from mario_rl.envs import demo_state, level_x, make_base_env
 from mario_rl.errors import UserError
 
 PROTOCOL = {"episodes": 20, "sticky": 0.25, "noop_max": 30}
@@ -42,16 +42,29 @@ def random_actor(n_actions: int, seed: int = 0) -> Callable[[np.ndarray], int]:
 
 def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: float = PROTOCOL["sticky"],
              noop_max: int = PROTOCOL["noop_max"], seed: int = 0, video: Path | None = None,
-             on_episode: Callable[[dict], None] | None = None) -> dict:
-    """Evaluate a policy under the protocol; episode i uses seed `seed + i`."""
+             on_episode: Callable[[dict], None] | None = None, demo: dict | None = None,
+             from_frame: int = 0) -> dict:
+    """Evaluate a policy under the protocol; episode i uses seed `seed + i`.
+
+    With a `demo` and `from_frame`, every episode starts from the demonstration's state after that many
+    frames instead of the stage's start (the perturbations apply from there): where along the stage a
+    policy fails. That is a diagnosis, not a protocol result; the report says `from_frame`.
+    """
     if episodes < 1:
         raise UserError(f"episodes must be positive, got {episodes}")
+    start_state = None
+    if from_frame:
+        if demo is None:
+            raise UserError("starting from a frame needs the demonstration it counts along")
+        if demo["stage"] != stage:
+            raise UserError(f"the demonstration is of stage {demo['stage']}, not {stage}")
+        start_state = demo_state(demo, from_frame)
     recorder = None
     if video is not None:
         from mario_rl.video import VideoRecorder
 
         recorder = VideoRecorder(video)
-    base = make_base_env(stage, sticky=sticky, noop_max=noop_max, frame_sink=recorder)
+    base = make_base_env(stage, sticky=sticky, noop_max=noop_max, frame_sink=recorder, start_state=start_state)
     env = policy.wrap(base)
     results = []
     try:
@@ -65,8 +78,12 @@ def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: f
         env.close()
         if recorder is not None:
             recorder.close()
-    return summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, act=getattr(policy, "mode", "greedy"),
-                     temperature=getattr(policy, "temperature", None), policy=policy.meta)
+    where = {"from_frame": from_frame} if from_frame else {}
+    report = summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, act=getattr(policy, "mode", "greedy"),
+                       temperature=getattr(policy, "temperature", None), policy=policy.meta, **where)
+    if from_frame:
+        report["cleared_stage"] = False  # a stage is cleared from its start, never from part-way along
+    return report
 
 
 def summarize(results: list[dict], policy: dict | None = None, **context) -> dict:
