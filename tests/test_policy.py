@@ -237,7 +237,8 @@ def test_evaluate_from_a_frame_of_the_demonstration_starts_every_episode_there()
     obs, info = env.reset(seed=0)
     assert np.array_equal(obs, ref.unwrapped.screen) and info["x_pos"] == ref.unwrapped._x_position > 2900
     result = evaluate(load_policy("1-1"), "1-1", episodes=2, seed=3, demo=demo, from_frame=frame)
-    assert result["from_frame"] == frame and result["clears"] == 2 and not result["cleared_stage"]
+    assert result["from_frame"] == frame and result["noop_max"] == 0
+    assert result["clears"] == 2 and not result["cleared_stage"]
     assert all(r["steps"] < 60 and r["x"] > 2900 for r in result["results"])
     with pytest.raises(UserError, match="must be in 1.."):
         demo_state(demo, len(demo["frames"]))

@@ -82,7 +82,8 @@ class EvalArgs:
     """a demonstration (explore's demo.json) to count --from-frame along"""
     from_frame: int = 0
     """start every episode from the demonstration's state after this many frames, not from the stage's
-    start: where along the stage the policy fails (a diagnosis, not a protocol result)"""
+    start, with sticky actions but no no-op frames: where along the stage the policy fails (a diagnosis,
+    not a protocol result)"""
 
 
 @dataclass

@@ -303,8 +303,8 @@ class StartFrom(gym.Wrapper):
     """Every reset restores one emulator state (`demo_state`) instead of the stage's start.
 
     For evaluating from a point along a demonstration (`mario-rl eval --from-frame`): where along a
-    stage a policy fails, measured with the protocol's perturbations. Wrap it directly on the raw
-    game, under StickyButtons and NoopStart, so that the no-op frames are played from that state.
+    stage a policy fails, measured with sticky actions. Wrap it directly on the raw game, under
+    StickyButtons and FrameRecorder, so that a video starts at that state.
     """
 
     def __init__(self, env: gym.Env, state: list):
