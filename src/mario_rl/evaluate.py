@@ -48,9 +48,11 @@ def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: f
 
     With a `demo` and `from_frame`, every episode starts from the demonstration's state after that many
     frames instead of the stage's start: where along the stage a policy fails. That is a diagnosis, not a
-    protocol result; the report says `from_frame`. Sticky actions apply from there, the no-op frames do not:
-    idling for up to half a second mid-jump or in front of a Hammer Bro is not what a player meets there
-    (measured on 8-4 from frame 7,136: 0 of 20 clears with the no-ops).
+    protocol result; the report says `from_frame`. Sticky actions apply from there, the no-op frames do not,
+    as in training's starts along a demonstration: idling for up to half a second mid-jump is not what a
+    player meets there. One start is one moment, so results differ from frame to frame: on 8-4, a policy
+    that cleared 13 of 20 from frame 7,360 with 0..30 no-ops first cleared none without them (its first
+    jump there lands in Bowser's fire); measure from several frames.
     """
     if episodes < 1:
         raise UserError(f"episodes must be positive, got {episodes}")
