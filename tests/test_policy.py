@@ -221,13 +221,13 @@ def test_bundled_policies_load_by_stage_name(path):
 def test_evaluate_from_a_frame_of_the_demonstration_starts_every_episode_there():
     """`eval --demo --from-frame`: the bundled 1-1 policy, started 80 frames before the demonstration's flag
     frame, reaches the flag within a few dozen agent steps; from the stage's start it takes about 280."""
-    import json
     from pathlib import Path
 
     from mario_rl.envs import demo_state, make_base_env
     from mario_rl.evaluate import evaluate
+    from mario_rl.explore import load_demo
 
-    demo = json.loads((Path(__file__).resolve().parents[1] / "demos" / "1-1.json").read_text())
+    demo = load_demo(Path(__file__).resolve().parents[1] / "demos" / "1-1.json")
     frame = len(demo["frames"]) - 80
     ref = gym_super_mario_bros.make("SuperMarioBros-1-1-v0")
     ref.reset(seed=demo["seed"])

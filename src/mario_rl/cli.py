@@ -196,7 +196,7 @@ def cmd_eval(args: list[str]) -> None:
         print(json.dumps(result, indent=2))
     else:
         print(f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
-              f"(clear rate {result['clear_rate']:.2f}, sticky {a.sticky}, no-ops 0..{a.noop_max}) | "
+              f"(clear rate {result['clear_rate']:.2f}, sticky {result['sticky']}, no-ops 0..{result['noop_max']}) | "
               f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
               f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
               + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else "")
