@@ -84,6 +84,13 @@ class SolveConfig:
     reward_scale: float | None = None
     """PPO's reward scale for a new run (None: PPOConfig's, 0.05); with a longer horizon the returns grow,
     and a smaller scale keeps the value head's targets in the same range"""
+    bc_epochs: int = 0
+    """epochs of behaviour cloning on the demonstration before PPO's first update, in a new run
+    (PPOConfig.bc_epochs, mario_rl.bc); 0: PPO from a random network"""
+    minutes: float | None = None
+    """wall-clock limit of the search and the training together: training stops after the update that passes
+    it (the final evaluation runs after that); None: none. Set --steps to what fits, since the learning
+    rate decays linearly to 0 at --steps"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
@@ -99,6 +106,8 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     env_id(cfg.stage)
     if cfg.eval_episodes < 1 or cfg.explore_minutes <= 0 or not cfg.temperature > 0:
         raise UserError("--eval-episodes, --explore-minutes and --temperature must be positive")
+    if cfg.minutes is not None and not cfg.minutes > 0:
+        raise UserError(f"--minutes must be positive, got {cfg.minutes:g}")
     if not 0 <= cfg.check_from <= 20 or cfg.check_every < 0:
         raise UserError("--check-from must be in 0..20 and --check-every at least 0")
     if cfg.stage == "game":
@@ -110,7 +119,7 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
         raise UserError(f"--resume-set changes a resumed run's settings, and {run_dir} holds none")
     ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
                     noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
-                    demo_retry=cfg.demo_retry, run_dir=run_dir,
+                    demo_retry=cfg.demo_retry, bc_epochs=cfg.bc_epochs, run_dir=run_dir,
                     resume=resuming, resume_set=cfg.resume_set,
                     checkpoint_every=cfg.checkpoint_every, video_steps=1500,
                     **{k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None})
@@ -122,11 +131,12 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     if demo_path.exists() and replay(load_demo(demo_path))["flag"]:
         echo(f"using the demonstration in {demo_path}")
     else:
-        echo(f"exploring {cfg.stage} for up to {cfg.explore_minutes:g} minutes ...")
-        result = run_explore(ExploreConfig(cfg.stage, minutes=cfg.explore_minutes, actions=cfg.actions,
+        minutes = cfg.explore_minutes if cfg.minutes is None else min(cfg.explore_minutes, cfg.minutes)
+        echo(f"exploring {cfg.stage} for up to {minutes:g} minutes ...")
+        result = run_explore(ExploreConfig(cfg.stage, minutes=minutes, actions=cfg.actions,
                                            seed=cfg.seed), out / "explore", echo=echo)
         if not result.solved:
-            raise SolveFailed(f"no path to the flag found in {cfg.explore_minutes:g} minutes "
+            raise SolveFailed(f"no path to the flag found in {minutes:g} minutes "
                               f"(best x {result.best_x}); see {out / 'explore'}")
         echo(f"demonstration found: {len(result.frames):,} frames after {result.seconds:.0f} s of search")
     timings["explore_s"] = time.monotonic() - t0
@@ -135,6 +145,10 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     checks: list[dict] = []
 
     def after_update(step: int, status: dict) -> bool:
+        if cfg.minutes is not None and time.monotonic() - t0 >= 60 * cfg.minutes:
+            echo(f"--minutes {cfg.minutes:g} reached at step {step:,}: training stops")
+            timings["stopped_at_step"] = step
+            return True
         flags = status["reset_flags"]
         if not status["demo_done"] or len(flags) < 20 or sum(flags) < cfg.check_from:
             return False

@@ -97,6 +97,12 @@ class PPOConfig(TrainConfig):
     demo_success: float = 0.2
     """clear rate from the current starts that moves them back (Salimans and Chen move at 20%: the
     stretches already learned are still played, and trained, on every episode from further back)"""
+    bc_epochs: int = 0
+    """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new
+    run only): the network starts out pressing what the demonstration pressed, and its value head
+    predicting what that earned; 0: PPO from a random network"""
+    bc_passes: int = 2
+    """perturbed passes along the demonstration in the cloning data (mario_rl.bc.demo_dataset)"""
 
     def validate(self) -> None:
         super().validate()
@@ -113,6 +119,10 @@ class PPOConfig(TrainConfig):
             raise UserError("--gamma must be in (0, 1], --gae-lambda in [0, 1] and --reward-scale positive")
         if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
             raise UserError("--demo-back must be positive, --demo-success in (0, 1] and --demo-behind in [0, 1]")
+        if self.bc_epochs < 0 or self.bc_passes < 0:
+            raise UserError("--bc-epochs and --bc-passes must be at least 0")
+        if self.bc_epochs and self.demo is None:
+            raise UserError("--bc-epochs clones a demonstration: give one with --demo")
         if not 0 <= self.demo_retry <= 1:
             raise UserError(f"--demo-retry must be in [0, 1], got {self.demo_retry}")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -262,6 +272,18 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
         return cfg.lr * max(0.0, 1.0 - step / cfg.steps)
 
     print(f"convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})", flush=True)
+    if run.resumed_state is None and demo is not None and cfg.bc_epochs:
+        from mario_rl.bc import clone, demo_dataset
+
+        t0 = time.perf_counter()
+        data = demo_dataset(demo, cfg.actions, sticky=cfg.sticky, passes=cfg.bc_passes, gamma=cfg.gamma,
+                            reward_scale=cfg.reward_scale, seed=cfg.seed)
+        t1 = time.perf_counter()
+        for epoch, h in enumerate(clone(agent, data, epochs=cfg.bc_epochs, lr=cfg.lr, seed=cfg.seed), 1):
+            run.log_scalars(epoch, "bc", **h)
+        print(f"behaviour cloning: {len(data.actions):,} samples in {t1 - t0:.0f} s, {cfg.bc_epochs} epochs in "
+              f"{time.perf_counter() - t1:.0f} s; accuracy {h['accuracy']:.2f}, value loss {h['value_loss']:.3f}",
+              flush=True)
     if run.resumed_state is not None:
         tensors, state = run.resumed_state
         agent.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("agent.")})

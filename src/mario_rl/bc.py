@@ -1,0 +1,144 @@
+"""Behaviour cloning from a demonstration: a warm start for PPO (`--bc-epochs`).
+
+PPO from a demonstration's states (mario_rl.curriculum) starts from a random network:
+it must find out by trial that running right and jumping at the right moment pays,
+once per stretch of the stage. The demonstration already says which button it pressed
+in each state, so before PPO's first update the network is fitted to those presses
+(cross-entropy) and its value head to the discounted rewards that followed them.
+
+The demonstration is one trajectory without perturbations, and a network fitted to
+it alone has seen none of the states that sticky actions lead to. So the data also
+holds short perturbed stretches: from every start state along the demonstration
+(`curriculum.DEMO_STRIDE` frames apart) the demonstration's own buttons are played on
+for `span` agent steps under frame-level sticky actions, and each observation is
+labelled with the button the demonstration pressed at that moment. A delay of a frame
+or two changes little over `span` steps, so the label is still mostly the right one.
+
+This is a warm start, not the policy: the demonstration comes from a random search
+(mario_rl.explore) and its presses are noisy (a quarter of 1-1's are no button at all);
+PPO then trains from the cloned network as from any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mario_rl.errors import UserError
+
+
+@dataclass
+class CloneData:
+    """Observations (N, stack, size, size) uint8, the demonstration's action indices (N,) and value
+    targets (N,): the discounted, scaled rewards of the demonstration from that moment on."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    returns: torch.Tensor
+
+
+def demo_labels(demo: dict, actions: str, frame_skip: int = 4) -> list[int]:
+    """The demonstration's agent actions: the index in `actions` of the byte held over each `frame_skip` frames."""
+    from mario_rl.envs import action_bytes
+
+    index = {b: i for i, b in enumerate(action_bytes(actions))}
+    frames = demo["frames"]
+    labels = []
+    for t in range(0, len(frames), frame_skip):
+        b = frames[t]
+        if b not in index:
+            raise UserError(f"the demonstration presses byte {b} at frame {t}, which is not in the {actions!r} "
+                            "action set: clone it with the action set it was explored with")
+        labels.append(index[b])
+    return labels
+
+
+def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 16, passes: int = 2,
+                 gamma: float = 0.9, reward_scale: float = 0.05, seed: int = 0) -> CloneData:
+    """Observations along the demonstration with its actions as labels: the demonstration itself replayed
+    through the policy's preprocessing, plus `passes` perturbed stretches of `span` agent steps from each of
+    its start states (sticky actions `sticky`)."""
+    from mario_rl.curriculum import DEMO_STRIDE
+    from mario_rl.envs import (Preprocessing, StartFrom, demo_snapshots, lean_game, make_base_env,
+                               wrap_preprocessing)
+
+    pre = Preprocessing(actions)
+    labels = demo_labels(demo, actions, pre.frame_skip)
+    if DEMO_STRIDE % pre.frame_skip:
+        raise ValueError("start states must fall on agent steps")
+
+    # The clean replay from reset: observations, labels and the rewards that give the value targets.
+    env = lean_game(wrap_preprocessing(make_base_env(demo["stage"]), pre))
+    obs, _ = env.reset(seed=demo["seed"])
+    clean_obs, rewards = [], []
+    for a in labels:
+        clean_obs.append(obs)
+        obs, reward, terminated, truncated, _ = env.step(a)
+        rewards.append(reward * reward_scale)
+        if terminated or truncated:
+            break
+    env.close()
+    returns = np.zeros(len(rewards), np.float32)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * running
+        returns[t] = running
+    steps = len(rewards)
+    all_obs, all_act, all_ret = list(clean_obs), labels[:steps], list(returns)
+
+    # Perturbed stretches from each start state: StartFrom restores the state on reset, the frame stack
+    # starts full of that screen, as after DemoStart's starts in training.
+    snapshots = demo_snapshots(None, demo, DEMO_STRIDE)
+    base = make_base_env(demo["stage"], sticky=sticky, start_state=[snapshots[0]])
+    env = lean_game(wrap_preprocessing(base, pre))
+    start_from = base
+    while not isinstance(start_from, StartFrom):
+        start_from = start_from.env
+    rng = np.random.default_rng(seed)
+    for p in range(passes):
+        for i, snapshot in enumerate(snapshots):
+            start_from.state = [snapshot]
+            obs, _ = env.reset(seed=int(rng.integers(2**31)))
+            t0 = i * DEMO_STRIDE // pre.frame_skip
+            for t in range(t0, min(t0 + span, steps)):
+                all_obs.append(obs)
+                all_act.append(labels[t])
+                all_ret.append(returns[t])
+                obs, _, terminated, truncated, _ = env.step(labels[t])
+                if terminated or truncated:
+                    break
+    env.close()
+    del snapshots
+    return CloneData(torch.from_numpy(np.stack(all_obs)), torch.tensor(all_act, dtype=torch.long),
+                     torch.tensor(np.asarray(all_ret, np.float32)))
+
+
+def clone(agent: nn.Module, data: CloneData, *, epochs: int, lr: float = 2.5e-4, batch: int = 256,
+          vf_coef: float = 0.5, label_smoothing: float = 0.1, seed: int = 0) -> list[dict]:
+    """Fit an ActorCritic's policy head to the labels (cross-entropy) and its value head to the returns;
+    one {"policy_loss", "value_loss", "accuracy"} per epoch. Label smoothing keeps some probability on
+    every action: PPO explores by sampling, and a network sure of one noisy demonstration would not."""
+    optimizer = torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    n = len(data.actions)
+    for _ in range(epochs):
+        sums = torch.zeros(3)
+        for idx in torch.randperm(n, generator=g).split(batch):
+            logits, value = agent(data.obs[idx])
+            pi_loss = F.cross_entropy(logits, data.actions[idx], label_smoothing=label_smoothing)
+            v_loss = 0.5 * ((value - data.returns[idx]) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            (pi_loss + vf_coef * v_loss).backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+            optimizer.step()
+            with torch.no_grad():
+                hits = (logits.argmax(1) == data.actions[idx]).float().sum()
+            sums += torch.stack([pi_loss.detach() * len(idx), v_loss.detach() * len(idx), hits])
+        history.append({"policy_loss": float(sums[0] / n), "value_loss": float(sums[1] / n),
+                        "accuracy": float(sums[2] / n)})
+    return history

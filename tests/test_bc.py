@@ -1,0 +1,84 @@
+"""Behaviour cloning from a demonstration (mario_rl.bc): PPO's optional warm start."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from mario_rl.bc import clone, demo_dataset, demo_labels
+from mario_rl.envs import action_bytes
+from mario_rl.errors import UserError
+from mario_rl.explore import load_demo
+
+DEMO = Path(__file__).parent / "data" / "1-1-demo.json"
+
+
+def short_demo(frames: int = 160) -> dict:
+    demo = load_demo(DEMO)
+    return {**demo, "frames": demo["frames"][:frames]}
+
+
+def test_labels_are_the_demonstrations_buttons_per_agent_step():
+    demo = short_demo()
+    labels = demo_labels(demo, "complex")
+    assert len(labels) == 40
+    assert [action_bytes("complex")[a] for a in labels] == demo["frames"][::4]
+    with pytest.raises(UserError, match="not in the 'right' action set"):
+        demo_labels(demo, "right")  # it presses buttons the tutorial's set has not
+
+
+def test_dataset_holds_the_replay_and_perturbed_stretches():
+    demo = short_demo()
+    data = demo_dataset(demo, "complex", passes=1, span=4, gamma=0.9, reward_scale=0.05, seed=0)
+    labels = demo_labels(demo, "complex")
+    starts = 160 // 16  # start states at frames 0, 16, ..., 144
+    assert data.obs.dtype == torch.uint8 and data.obs.shape == (40 + 4 * starts, 4, 84, 84)
+    # The clean replay comes first, labelled with the demonstration's buttons, then each start's 4 steps.
+    assert data.actions[:40].tolist() == labels
+    assert data.actions[40:44].tolist() == labels[:4] and data.actions[44:48].tolist() == labels[4:8]
+    # Value targets: the game's own rewards along the demonstration, summed per agent step, scaled and
+    # discounted; a perturbed stretch gets the target of the same moment of the replay.
+    import gym_super_mario_bros
+
+    env = gym_super_mario_bros.make("SuperMarioBros-1-1-v0")
+    env.reset(seed=demo["seed"])
+    rewards = [0.05 * sum(env.step(b)[1] for b in demo["frames"][t:t + 4]) for t in range(0, 160, 4)]
+    env.close()
+    expected = [sum(r * 0.9 ** k for k, r in enumerate(rewards[t:])) for t in (0, 20, 39)]
+    assert data.returns[[0, 20, 39]].tolist() == pytest.approx(expected, abs=1e-5)
+    assert torch.equal(data.returns[44:48], data.returns[4:8])
+    # A start state's first observation is that state's screen, stacked, as after DemoStart in training.
+    first = data.obs[44]
+    assert all(torch.equal(first[k], first[0]) for k in range(4))
+
+
+def test_cloning_fits_the_demonstrations_buttons():
+    from mario_rl.nets import ActorCritic
+
+    data = demo_dataset(short_demo(), "complex", passes=1, span=4, seed=0)
+    torch.manual_seed(0)
+    agent = ActorCritic(4, 12, 84)
+    history = clone(agent, data, epochs=12, lr=1e-3, batch=32)
+    # The search's presses are noisy (Mario stands at the start while it picks buttons at random), so
+    # the fit can at best pick each screen's most common button: here the most common one overall.
+    majority = torch.bincount(data.actions).max().item() / len(data.actions)
+    assert history[-1]["policy_loss"] < history[0]["policy_loss"] - 0.3
+    assert history[-1]["accuracy"] >= majority - 1e-6
+    assert history[-1]["value_loss"] < 0.1 * history[0]["value_loss"]
+
+
+def test_ppo_clones_before_its_first_update(tmp_path):
+    demo = tmp_path / "demo.json"
+    demo.write_text(json.dumps(short_demo(96)))
+    run = tmp_path / "run"
+    proc = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", 2, "--bc-passes", 1,
+                   "--actions", "complex", "--envs", 2, "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "behaviour cloning:" in proc.stdout and "2 epochs" in proc.stdout
+    assert json.loads((run / "config.json").read_text())["bc_epochs"] == 2
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--bc-epochs", 2, "--run-dir", tmp_path / "nodemo")
+    assert bad.returncode == 2 and "--bc-epochs clones a demonstration" in bad.stderr
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", -1, "--run-dir", tmp_path / "neg")
+    assert bad.returncode == 2 and "--bc-epochs" in bad.stderr
