@@ -294,6 +294,16 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert bad.returncode == 2 and "--gamma must be in (0, 1]" in bad.stderr and not (tmp_path / "g").exists()
     fresh = run_cli("solve", "1-1", "--out", tmp_path / "none", "--resume-set", "demo_retry=0.5")
     assert fresh.returncode == 2 and "holds none" in fresh.stderr and not (tmp_path / "none").exists()
+    bad = run_cli("solve", "1-1", "--out", tmp_path / "m", "--minutes", 0)
+    assert bad.returncode == 2 and "--minutes must be positive" in bad.stderr and not (tmp_path / "m").exists()
+    # A wall-clock limit: training stops after the first update past it, then the final evaluation runs.
+    timed = tmp_path / "timed"
+    shutil.copytree(out / "explore", timed / "explore")
+    proc = run_cli("solve", "1-1", "--out", timed, "--steps", 100_000, "--envs", 2, "--eval-episodes", 1,
+                   "--minutes", 0.01)
+    assert proc.returncode == 1 and "--minutes 0.01 reached at step 256" in proc.stdout, proc.stderr
+    result = json.loads((timed / "eval.json").read_text())
+    assert result["timings"]["stopped_at_step"] == 256 and result["episodes"] == 1
 
 
 def test_a_check_passes_only_when_its_confirmation_passes_too():
