@@ -5,7 +5,7 @@
     mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json] [--demo F --from-frame N]
     mario-rl bench [--seconds S] [--tutorial]
     mario-rl explore STAGE [--minutes M] [--workers N] --out DIR
-    mario-rl solve STAGE [--out DIR] [--explore-minutes M] [--steps N]
+    mario-rl solve STAGE [--out DIR] [--explore-minutes M] [--steps N] [--minutes M] [--bc-epochs N]
     mario-rl report RUN [--block N] [--bin PIXELS] [--since STEP] [--json]
 
 Bad input ends with one line, `error: ...`, and exit code 2.
