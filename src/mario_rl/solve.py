@@ -2,14 +2,15 @@
 
 1. explore (mario_rl.explore) until a demonstration reaches the flag, unless the
    output folder already holds one that replays to the flag;
-2. PPO from the demonstration's states (agents.ppo with --demo, mario_rl.curriculum),
+2. PPO from the demonstration's states (agents.ppo with --demo, mario_rl.curriculum; with --bc-epochs
+   the network first clones the demonstration, mario_rl.bc),
    under the protocol's sticky actions and no-op starts, resuming the run in the
    folder if there is one;
 3. whenever the start has reached the real reset and at least `check_from` of the
    latest 20 training episodes from a real reset cleared, the current policy, acting at
    `temperature`, is evaluated under PROTOCOL.md on fresh seeds (at most once every
    `check_every` steps); a check that passes is repeated on the next 20 seeds (`confirm`),
-   and training stops when both pass;
+   and training stops when both pass (or, with --minutes, once search and training have taken that long);
 4. the final evaluation, on its own seeds, goes to eval.json, with a video.
 
 Folder: explore/ (demo.json, explore.json, videos), run/ (the PPO run),
@@ -125,7 +126,7 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
                     **{k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None})
     ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
     t0 = time.monotonic()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # seconds; and stopped_at_step when --minutes ran out
 
     # 1. A demonstration.
     if demo_path.exists() and replay(load_demo(demo_path))["flag"]:
