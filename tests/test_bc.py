@@ -74,11 +74,13 @@ def test_ppo_clones_before_its_first_update(tmp_path):
     demo.write_text(json.dumps(short_demo(96)))
     run = tmp_path / "run"
     proc = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", 2, "--bc-passes", 1,
-                   "--actions", "complex", "--envs", 2, "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", run)
+                   "--actions", "complex", "--envs", 2, "--num-steps", 32, "--steps", 64, "--video-steps", 0,
+                   "--run-dir", run)
     assert proc.returncode == 0, proc.stderr
     assert "behaviour cloning:" in proc.stdout and "2 epochs" in proc.stdout
     assert json.loads((run / "config.json").read_text())["bc_epochs"] == 2
     bad = run_cli("train", "1-1", "--algo", "ppo", "--bc-epochs", 2, "--run-dir", tmp_path / "nodemo")
     assert bad.returncode == 2 and "--bc-epochs clones a demonstration" in bad.stderr
-    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", -1, "--run-dir", tmp_path / "neg")
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", -1,
+                  "--run-dir", tmp_path / "neg")
     assert bad.returncode == 2 and "--bc-epochs" in bad.stderr

@@ -63,7 +63,7 @@ def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 
     through the policy's preprocessing, plus `passes` perturbed stretches of `span` agent steps from each of
     its start states (sticky actions `sticky`)."""
     from mario_rl.curriculum import DEMO_STRIDE
-    from mario_rl.envs import (Preprocessing, StartFrom, demo_snapshots, lean_game, make_base_env,
+    from mario_rl.envs import (Preprocessing, StartFrom, demo_snapshots, lean_game, make_base_env, make_env,
                                wrap_preprocessing)
 
     pre = Preprocessing(actions)
@@ -72,7 +72,7 @@ def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 
         raise ValueError("start states must fall on agent steps")
 
     # The clean replay from reset: observations, labels and the rewards that give the value targets.
-    env = lean_game(wrap_preprocessing(make_base_env(demo["stage"]), pre))
+    env = lean_game(make_env(demo["stage"], actions))
     obs, _ = env.reset(seed=demo["seed"])
     clean_obs, rewards = [], []
     for a in labels:
@@ -99,7 +99,7 @@ def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 
     while not isinstance(start_from, StartFrom):
         start_from = start_from.env
     rng = np.random.default_rng(seed)
-    for p in range(passes):
+    for _ in range(passes):
         for i, snapshot in enumerate(snapshots):
             start_from.state = [snapshot]
             obs, _ = env.reset(seed=int(rng.integers(2**31)))
@@ -112,7 +112,6 @@ def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 
                 if terminated or truncated:
                     break
     env.close()
-    del snapshots
     return CloneData(torch.from_numpy(np.stack(all_obs)), torch.tensor(all_act, dtype=torch.long),
                      torch.tensor(np.asarray(all_ret, np.float32)))
 
