@@ -7,6 +7,9 @@
     mario-rl explore STAGE [--minutes M] [--workers N] --out DIR
     mario-rl solve STAGE [--out DIR] [--explore-minutes M] [--steps N] [--minutes M] [--bc-epochs N]
     mario-rl report RUN [--block N] [--bin PIXELS] [--since STEP] [--json]
+    mario-rl campaign [STAGES...] [--budget-hours H] [--steps N] [--backend local|ray [--ray-address ADDR]]
+    mario-rl status [--registry FILE] [--json]
+    mario-rl eval --all [--episodes N] [--seed S] [--registry FILE]
 
 Bad input ends with one line, `error: ...`, and exit code 2.
 """
@@ -160,7 +163,23 @@ def cmd_train(args: list[str]) -> None:
     print(f"done: {run.dir} (policy: {run.policy_path})")
 
 
+@dataclass
+class EvalAllArgs:
+    """Re-evaluate every bundled policy in the registry on fresh seeds and record the results there."""
+
+    all: bool = True
+    """evaluate every stage that has a policy"""
+    episodes: int = 20
+    """protocol episodes per stage"""
+    seed: int | None = None
+    """first seed of every stage's episodes (default: fresh ones from the clock, printed)"""
+    registry: Path = Path(__file__).resolve().parents[2] / "models" / "index.json"
+    """the registry to read and update"""
+
+
 def cmd_eval(args: list[str]) -> None:
+    if "--all" in args:
+        return cmd_eval_all(args)
     from mario_rl.envs import env_id
     from mario_rl.evaluate import evaluate
     from mario_rl.policy import load_policy
@@ -201,6 +220,43 @@ def cmd_eval(args: list[str]) -> None:
               f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
               + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else "")
               + (f" | from frame {a.from_frame:,} of {a.demo}: not a protocol result" if a.from_frame else ""))
+
+
+def cmd_eval_all(args: list[str]) -> None:
+    from mario_rl.campaign import eval_all
+
+    a = _parse(EvalAllArgs, args, "mario-rl eval --all")
+    if a.episodes < 1:
+        raise UserError(f"--episodes must be positive, got {a.episodes}")
+    problems = eval_all(a.registry, episodes=a.episodes, seed=a.seed)
+    if problems:
+        sys.exit(1)
+
+
+@dataclass
+class StatusArgs:
+    """Where every stage stands: the registry as an 8x4 table, clear rates with 95% Wilson intervals."""
+
+    registry: Path = Path(__file__).resolve().parents[2] / "models" / "index.json"
+    """the registry to read"""
+    json: bool = False
+    """print one row per stage as JSON"""
+
+
+def cmd_status(args: list[str]) -> None:
+    from mario_rl.registry import format_status, load_registry, status_rows
+
+    a = _parse(StatusArgs, args, "mario-rl status")
+    reg = load_registry(a.registry)
+    print(json.dumps(status_rows(reg), indent=1) if a.json else format_status(reg))
+
+
+def cmd_campaign(args: list[str]) -> None:
+    from mario_rl.campaign import CampaignConfig, run_campaign
+
+    cfg = _parse(CampaignConfig, args, "mario-rl campaign")
+    outcomes = run_campaign(cfg)
+    print("campaign: " + (", ".join(f"{s} {o}" for s, o in outcomes.items()) or "nothing to do"))
 
 
 def cmd_bench(args: list[str]) -> None:
@@ -291,7 +347,7 @@ def cmd_report(args: list[str]) -> None:
 
 
 COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore,
-            "solve": cmd_solve, "report": cmd_report}
+            "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign, "status": cmd_status}
 USAGE = __doc__.split("\n\n")[1]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -97,7 +98,14 @@ class SolveConfig:
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
 
 
-def solve(cfg: SolveConfig, echo=print) -> dict:
+def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = None,
+          ppo_overrides: dict | None = None) -> dict:
+    """Run the pipeline; returns the final evaluation's result (what eval.json holds).
+
+    `stop(step)`, called after every PPO update, ends training early when it returns True (the campaign's
+    time budget): the run is checkpointed and no final evaluation is played; the result is then only
+    {"stopped": True, "step": step, "timings": ...}. `ppo_overrides` sets further PPOConfig fields of a new
+    run (init_policy, device, ...)."""
     from mario_rl.agents.ppo import PPOConfig, train
     from mario_rl.envs import env_id
     from mario_rl.evaluate import PROTOCOL, evaluate
@@ -122,8 +130,9 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
                     noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
                     demo_retry=cfg.demo_retry, bc_epochs=cfg.bc_epochs, run_dir=run_dir,
                     resume=resuming, resume_set=cfg.resume_set,
-                    checkpoint_every=cfg.checkpoint_every, video_steps=1500,
-                    **{k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None})
+                    checkpoint_every=cfg.checkpoint_every,
+                    **({"video_steps": 1500} | {k: getattr(cfg, k) for k in ("gamma", "reward_scale")
+                                                if getattr(cfg, k) is not None} | (ppo_overrides or {})))
     ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
     t0 = time.monotonic()
     timings: dict[str, float] = {}  # seconds; and stopped_at_step when --minutes ran out
@@ -144,8 +153,13 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
 
     # 2-3. PPO from the demonstration, stopping at the first protocol pass.
     checks: list[dict] = []
+    stopped: list[int] = []
 
     def after_update(step: int, status: dict) -> bool:
+        if stop is not None and stop(step):
+            timings["stopped_at_step"] = step
+            stopped.append(step)
+            return True
         if cfg.minutes is not None and time.monotonic() - t0 >= 60 * cfg.minutes:
             echo(f"--minutes {cfg.minutes:g} reached at step {step:,}: training stops")
             timings["stopped_at_step"] = step
@@ -167,6 +181,8 @@ def solve(cfg: SolveConfig, echo=print) -> dict:
     t1 = time.monotonic()
     run = train(ppo, after_update=after_update)
     timings["train_s"] = time.monotonic() - t1
+    if stopped:
+        return {"stopped": True, "step": stopped[0], "checks": checks, "timings": timings}
 
     # 4. The final evaluation, on seeds no check used.
     policy_path = out / "policy.safetensors"

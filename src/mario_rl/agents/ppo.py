@@ -103,6 +103,12 @@ class PPOConfig(TrainConfig):
     predicting what that earned; 0: PPO from a random network"""
     bc_passes: int = 2
     """perturbed passes along the demonstration in the cloning data (mario_rl.bc.demo_dataset)"""
+    device: str = "cpu"
+    """where the learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); the emulators always run on
+    CPU processes. On cuda, --precision auto means float32 and a minibatch is one pass (no micro-batches)"""
+    init_policy: Path | None = None
+    """a policy file (same network and action set) whose weights a new run starts from: a warm start from
+    another stage's policy (mario-rl campaign); ignored on resume"""
 
     def validate(self) -> None:
         super().validate()
@@ -125,6 +131,8 @@ class PPOConfig(TrainConfig):
             raise UserError("--bc-epochs clones a demonstration: give one with --demo")
         if not 0 <= self.demo_retry <= 1:
             raise UserError(f"--demo-retry must be in [0, 1], got {self.demo_retry}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.demo_order not in DEMO_ORDERS:
@@ -134,16 +142,47 @@ class PPOConfig(TrainConfig):
 DEMO_ORDERS = ("backward", "uniform", "prioritized")
 
 
-def use_bf16(precision: str) -> bool:
-    """Whether --precision means bfloat16 convolutions on this CPU."""
+def learner_device(device: str) -> torch.device:
+    """The torch device of --device (auto: cuda when PyTorch sees a GPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: PyTorch sees no GPU here")
+    return torch.device(device)
+
+
+def use_bf16(precision: str, device: torch.device = torch.device("cpu")) -> bool:
+    """Whether --precision means bfloat16 convolutions on this CPU (auto on a GPU: float32)."""
     if precision != "auto":
         return precision == "bf16"
+    if device.type != "cpu":
+        return False
     # Without native bfloat16 instructions oneDNN emulates it, slower than float32. The check is
     # PyTorch's own (private: if a version drops it, auto means float32).
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
+    """Load another ActorCritic policy's weights into `agent` (a new run's network). With another action set
+    the torso and value head are loaded and the policy head keeps its fresh initialization."""
+    from mario_rl.policy import load_policy
+
+    policy = load_policy(path)
+    if policy.meta.get("network") != "ActorCritic":
+        raise UserError(f"--init-policy {path}: a {policy.meta.get('network')} policy cannot start an ActorCritic run")
+    weights = policy.net.state_dict()
+    if policy.actions != actions:
+        weights = {k: v for k, v in weights.items() if not k.startswith("policy.")}
+    try:
+        agent.load_state_dict(weights, strict=policy.actions == actions)
+    except RuntimeError as e:
+        raise UserError(f"--init-policy {path}: weights do not fit ({str(e).splitlines()[0]})") from None
+    what = "all weights" if policy.actions == actions else f"torso and value head ({policy.actions} -> {actions} actions)"
+    print(f"warm start from {path} ({policy.meta.get('stage')}, {policy.meta.get('steps', 0):,} steps): {what}",
+          flush=True)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
@@ -184,9 +223,10 @@ def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, acti
     checks it), but convolutions on a CPU run about 30% faster per sample in chunks
     of 64-128 than in one pass of 512, because the chunks stay in cache.
     """
-    parts = torch.zeros(4)
-    for lo in range(0, len(obs), cfg.micro_batch):
-        n = min(cfg.micro_batch, len(obs) - lo)
+    parts = torch.zeros(4, device=obs.device)
+    micro = cfg.micro_batch if obs.device.type == "cpu" else len(obs)
+    for lo in range(0, len(obs), micro):
+        n = min(micro, len(obs) - lo)
         chunk = slice(lo, lo + n)  # a slice, not an index tensor: no gather, no copy
         # Channels-last frames: oneDNN's convolutions run the forward and backward pass of a
         # 2,048-sample epoch about 20% faster on this CPU than on NCHW frames (the weights stay NCHW).
@@ -227,7 +267,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
     pre = Preprocessing(cfg.actions)
-    bf16 = use_bf16(cfg.precision)
+    dev = learner_device(cfg.device)
+    bf16 = use_bf16(cfg.precision, dev)
     demo, curriculum, window, priorities = None, None, None, None
     if cfg.demo is not None:
         from mario_rl.curriculum import BackwardCurriculum, StartPriorities, demo_starts
@@ -262,7 +303,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     receive = getattr(envs, "step_part_wait", lambda p: envs.step_wait())
     n_actions = int(envs.single_action_space.n)
     net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
-    agent = ActorCritic(**net_kwargs)
+    agent = ActorCritic(**net_kwargs).to(dev)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
     batch_size = cfg.envs * cfg.num_steps
     minibatch = batch_size // cfg.num_minibatches
@@ -271,7 +312,10 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     def annealed_lr(step: int) -> float:
         return cfg.lr * max(0.0, 1.0 - step / cfg.steps)
 
-    print(f"convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})", flush=True)
+    print(f"learner on {dev}, convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})",
+          flush=True)
+    if run.resumed_state is None and cfg.init_policy is not None:
+        warm_start(agent, Path(cfg.init_policy), cfg.actions)
     if run.resumed_state is None and demo is not None and cfg.bc_epochs:
         from mario_rl.bc import clone, demo_dataset
 
@@ -319,7 +363,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
 
     @torch.no_grad()
     def greedy(obs: np.ndarray) -> int:
-        return int(agent(torch.from_numpy(np.asarray(obs))[None])[0].argmax(1).item())
+        return int(agent(torch.from_numpy(np.asarray(obs))[None].to(dev))[0].argmax(1).item())
 
     obs_buf = torch.zeros((cfg.num_steps, cfg.envs, *envs.single_observation_space.shape), dtype=torch.uint8)
     actions = torch.zeros((cfg.num_steps, cfg.envs), dtype=torch.long)
@@ -375,8 +419,9 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                         continue
                     obs_buf[t, part], dones[t, part] = next_obs[part], next_done[part]
                     with torch.no_grad():
-                        logits, value = agent(next_obs[part], bf16=bf16)
-                        logp = logits.log_softmax(1)
+                        logits, value = agent(next_obs[part].to(dev), bf16=bf16)
+                        logp = logits.log_softmax(1).cpu()
+                        value = value.cpu()
                         action = torch.multinomial(logp.exp(), 1)[:, 0]
                     actions[t, part], values[t, part] = action, value
                     logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
@@ -384,19 +429,19 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
             if move_window:  # every part is idle now, as a call to the envs needs (priorities: new clear rates)
                 set_demo_window()
             with torch.no_grad():
-                next_value = agent(next_obs, bf16=bf16)[1]
+                next_value = agent(next_obs.to(dev), bf16=bf16)[1].cpu()
             torch.set_num_threads(update_threads)
             advantages, returns = gae(rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda)
 
             # Channels-last once per update rather than once per micro-batch and epoch: indexing a
             # channels-last tensor keeps its layout. With slices for micro-batches, the profile's
             # index and copy time in an update fell from about 12% to 6%.
-            b_obs = obs_buf.reshape(-1, *obs_buf.shape[2:]).contiguous(memory_format=torch.channels_last)
-            b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
-            b_adv, b_ret, b_val = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            b_obs = obs_buf.reshape(-1, *obs_buf.shape[2:]).to(dev).contiguous(memory_format=torch.channels_last)
+            b_actions, b_logprobs = actions.reshape(-1).to(dev), logprobs.reshape(-1).to(dev)
+            b_adv, b_ret, b_val = (t.reshape(-1).to(dev) for t in (advantages, returns, values))
             clipfracs = []
             for _ in range(cfg.update_epochs):
-                for mb in torch.randperm(batch_size).split(minibatch):
+                for mb in torch.randperm(batch_size, device=dev).split(minibatch):
                     adv = b_adv[mb]
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
                     optimizer.zero_grad(set_to_none=True)
