@@ -176,14 +176,19 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo) -> dict | N
         demo = load_demo(path)
         if not shared.exists():  # found by an earlier run of the search here: share it
             save_demo(shared, demo)
-            reg_mod.update_stage(stage, cfg.registry, demo=_rel(shared), demo_flag=True, stage_x=_demo_end_x(demo))
+        entry = reg_mod.load_registry(cfg.registry)["stages"][stage]
+        if entry["demo"] != _rel(shared) or not entry["demo_flag"]:
+            reg_mod.update_stage(stage, cfg.registry, demo=_rel(shared), demo_flag=True, stage_x=_demo_end_x(demo),
+                                 status="explored" if entry["status"] == "not started" else entry["status"])
         return demo
     if shared.exists():
         demo = load_demo(shared)
         check = replay(demo)
         if check["flag"]:
             save_demo(path, demo)
-            reg_mod.update_stage(stage, cfg.registry, demo=_rel(shared), demo_flag=True, stage_x=check["x"])
+            status = reg_mod.load_registry(cfg.registry)["stages"][stage]["status"]
+            reg_mod.update_stage(stage, cfg.registry, demo=_rel(shared), demo_flag=True, stage_x=check["x"],
+                                 status="explored" if status == "not started" else status)
             return demo
         echo(f"{stage}: {shared} does not replay to the flag; searching anew")
     echo(f"{stage}: exploring for up to {cfg.explore_minutes:g} minutes")
@@ -391,9 +396,10 @@ def sync_registry(cfg: CampaignConfig) -> dict:
         e = registry["stages"][stage]
         demo_path = cfg.demos / f"{stage}.json"
         if e["demo"] is None and demo_path.exists():
-            demo = load_demo(demo_path)
-            x = _demo_end_x(demo)
-            flag = bool(_replays_to_flag(demo))
+            from mario_rl.explore import replay
+
+            check = replay(load_demo(demo_path))
+            x, flag = int(check["x"]), bool(check["flag"])
             reg_mod.update_stage(stage, cfg.registry, demo=_rel(demo_path), demo_flag=flag, stage_x=x if flag else None,
                                  status="explored" if e["status"] == "not started" else e["status"])
         policy = cfg.models / f"{stage}.safetensors"
@@ -414,12 +420,6 @@ def sync_registry(cfg: CampaignConfig) -> dict:
                                  actions=meta["preprocessing"]["actions"], agent_steps=int(meta.get("steps", 0)),
                                  protocol=protocol, best_x=int(max((r["x"] for r in results), default=0)))
     return reg_mod.load_registry(cfg.registry)
-
-
-def _replays_to_flag(demo: dict) -> bool:
-    from mario_rl.explore import replay
-
-    return replay(demo)["flag"]
 
 
 def _seed_text(data: dict) -> str:
