@@ -164,9 +164,9 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
 
 
 def test_two_tiny_stages_on_a_real_local_ray(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the campaign does before importing Ray
     import ray
 
-    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the campaign sets it before its ray.init
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         cfg = tiny_campaign(tmp_path, stages=("1-1", "1-2"), backend="ray", ray_cpus_per_stage=1, steps=1024)

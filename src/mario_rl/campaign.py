@@ -473,14 +473,14 @@ def _ray_stage(stage: str, cfg_dict: dict, deadline: float | None) -> tuple[str,
 
 
 def _run_ray(cfg: CampaignConfig, queue: list[str], deadline: float | None, echo) -> dict[str, str]:
+    # Ray would otherwise start each worker with `uv run` when the driver runs under uv, and that re-syncs
+    # the environment (dropping extras such as Ray itself). Ray reads this when it is first imported.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError:
         raise UserError("--backend ray needs Ray: install the extra, `uv sync --extra ray` "
                         "(or pip install 'mario-rl[ray]')") from None
-    # Ray would otherwise start each worker with `uv run` when the driver runs under uv, and that re-syncs
-    # the environment (dropping extras such as Ray itself).
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=cfg.ray_address, include_dashboard=False,
