@@ -115,7 +115,9 @@ def update_stage(stage: str, path: Path = DEFAULT_PATH, **fields) -> dict:
     with locked(path) as reg:
         entry = reg["stages"][stage]
         entry.update(fields)
-        if entry.get("stage_x") and entry.get("best_x") is not None:
+        if entry["status"] == "cleared":
+            entry["progress"] = 1.0
+        elif entry.get("stage_x") and entry.get("best_x") is not None:
             entry["progress"] = round(min(1.0, entry["best_x"] / entry["stage_x"]), 3)
         return dict(entry)
 
