@@ -7,7 +7,7 @@ import torch
 from conftest import run_cli
 from mario_rl import make_vec_env
 from mario_rl.envs import finished_episodes
-from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss
+from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss, truncation_bonus
 from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
 
@@ -28,6 +28,22 @@ def test_gae_by_hand():
     adv, _ = gae(rewards, values, torch.tensor([[0.0], [1.0]]), torch.tensor([2.0]), torch.tensor([0.0]),
                  gamma=0.9, lam=0.8)
     assert adv[0, 0].item() == pytest.approx(0.5)
+
+
+def test_truncated_episodes_bootstrap_from_their_final_value():
+    # Two envs end at the last step of a 2-step rollout: env 0 truncated (alive), env 1 terminated (dead).
+    terminated, truncated = np.array([False, True]), np.array([True, False])
+    bonus = truncation_bonus(terminated, truncated, torch.tensor([2.0, 5.0]), gamma=0.9)
+    assert torch.allclose(bonus, torch.tensor([1.8, 0.0]))  # gamma x V(final obs) only where truncated
+    rewards = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    rewards[1] += bonus
+    values = torch.full((2, 2), 0.5)
+    adv, ret = gae(rewards, values, torch.zeros(2, 2), torch.tensor([9.0, 9.0]), torch.tensor([1.0, 1.0]),
+                   gamma=0.9, lam=1.0)
+    # Truncated: returns 2.8 = 1 + 0.9 x 2 and 3.52 = 1 + 0.9 x 2.8; advantages 2.3 and 3.02.
+    assert torch.allclose(ret[:, 0], torch.tensor([3.52, 2.8])) and torch.allclose(adv[:, 0], torch.tensor([3.02, 2.3]))
+    # Terminated: the episode's value ends with it, 1 and 1.9.
+    assert torch.allclose(ret[:, 1], torch.tensor([1.9, 1.0]))
 
 
 def test_clipped_loss_by_hand():

@@ -103,6 +103,9 @@ class PPOConfig(TrainConfig):
     predicting what that earned; 0: PPO from a random network"""
     bc_passes: int = 2
     """perturbed passes along the demonstration in the cloning data (mario_rl.bc.demo_dataset)"""
+    bootstrap_truncated: bool = True
+    """a truncated episode (DemoStart's frame budget) is not a death: its last reward gets gamma x the value of
+    its final observation, instead of the zero that ending the episode there would give"""
     device: str = "cpu"
     """where the learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); the emulators always run on
     CPU processes. On cuda, --precision auto means float32 and a minibatch is one pass (no micro-batches)"""
@@ -183,6 +186,15 @@ def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
     what = "all weights" if policy.actions == actions else f"torso and value head ({policy.actions} -> {actions} actions)"
     print(f"warm start from {path} ({policy.meta.get('stage')}, {policy.meta.get('steps', 0):,} steps): {what}",
           flush=True)
+
+
+def truncation_bonus(terminated: np.ndarray, truncated: np.ndarray, final_values: torch.Tensor,
+                     gamma: float) -> torch.Tensor:
+    """What to add to the last rewards of envs whose episode ended: gamma x V(final observation) where it was
+    truncated and not terminated (Mario still alive when the episode was cut), 0 elsewhere. GAE treats every
+    end as terminal, so without this the value target of a living Mario is cut to zero there."""
+    alive = torch.from_numpy(np.asarray(truncated & ~terminated, dtype=bool))
+    return torch.where(alive, gamma * final_values, torch.zeros_like(final_values))
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
@@ -403,6 +415,12 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                         next_obs[part] = torch.from_numpy(obs)
                         # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
                         next_done[part] = torch.from_numpy((terminated | truncated).astype(np.float32))
+                        if cfg.bootstrap_truncated and (truncated & ~terminated).any():
+                            final = np.stack([o if o is not None else obs[i] for i, o in
+                                              enumerate(info["final_obs"])]) if "final_obs" in info else obs
+                            with torch.no_grad():
+                                v = agent(torch.from_numpy(final).to(dev), bf16=bf16)[1].float().cpu()
+                            rewards[t - 1, part] += truncation_bonus(terminated, truncated, v, cfg.gamma)
                         step += len(obs)
                         for _, ep in finished_episodes(info):
                             episode += 1
