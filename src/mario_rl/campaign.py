@@ -165,7 +165,7 @@ def _demo_end_x(demo: dict) -> int:
     return int(replay(demo)["x"])
 
 
-def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo) -> dict | None:
+def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: float | None = None) -> dict | None:
     """The stage's demonstration in folder/explore/demo.json: the one there, else demos/<stage>.json, else a
     new search (written to demos/ too when it reaches the flag). None when no search found the flag."""
     from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore, save_demo
@@ -191,18 +191,20 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo) -> dict | N
                                  status="explored" if status == "not started" else status)
             return demo
         echo(f"{stage}: {shared} does not replay to the flag; searching anew")
-    echo(f"{stage}: exploring for up to {cfg.explore_minutes:g} minutes")
-    result = run_explore(ExploreConfig(stage, minutes=cfg.explore_minutes, actions=cfg.actions, seed=cfg.seed),
+    minutes = cfg.explore_minutes if minutes is None else min(minutes, cfg.explore_minutes)
+    echo(f"{stage}: exploring for up to {minutes:.3g} minutes")
+    result = run_explore(ExploreConfig(stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed),
                          folder / "explore", video=False, echo=lambda line: None)
     if not result.solved:
         furthest = cfg.demos / f"{stage}-furthest.json"
         write_state(folder, read_state(folder) | {"phase": "no demo", "best_x": result.best_x,
-                                                  "explore_minutes": cfg.explore_minutes})
+                                                  "explore_minutes": minutes})
         save_demo(furthest, result.demo())
         reg_mod.update_stage(stage, cfg.registry, status="explored", demo=_rel(furthest), demo_flag=False,
-                             note=f"the search found no flag in {cfg.explore_minutes:g} minutes; furthest x "
+                             note=f"the search found no flag in {minutes:.3g} minutes; furthest x "
                                   f"{result.best_x} ({_rel(furthest)})")
-        echo(f"{stage}: no flag in {result.seconds:.0f} s of search (best x {result.best_x})")
+        echo(f"{stage}: no flag in {result.seconds:.0f} s of search (best x {result.best_x}); furthest path in "
+             f"{_rel(furthest)}")
         return None
     demo = result.demo()
     save_demo(shared, demo)
@@ -454,7 +456,8 @@ def run_campaign(cfg: CampaignConfig, echo=print) -> dict[str, str]:
         registry = reg_mod.load_registry(cfg.registry)
         if registry["stages"][stage]["status"] != "cleared" and not _skip_search(stage, cfg):
             (cfg.root / stage).mkdir(parents=True, exist_ok=True)
-            ensure_demo(stage, cfg, cfg.root / stage, echo)
+            left = None if deadline is None else (deadline - time.time()) / 60  # a search ends with the budget
+            ensure_demo(stage, cfg, cfg.root / stage, echo, minutes=left)
     outcomes = {}
     for stage in queue:
         if deadline is not None and time.time() >= deadline:
