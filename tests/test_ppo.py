@@ -187,6 +187,12 @@ def test_tiny_ppo_training_through_the_cli(tmp_path):
     for name in ("checkpoint.safetensors", "policy.safetensors", "config.json", "episodes.csv"):
         assert (run_dir / name).exists()
     assert len(list((run_dir / "videos").glob("*.mp4"))) == 2
+    from mario_rl.storage import load_tensors
+
+    tensors, _ = load_tensors(run_dir / "checkpoint.safetensors")
+    moments = [t for k, t in tensors.items() if k.startswith("optim.") and "exp_avg" in k]
+    assert moments and all(t.dtype == torch.bfloat16 for t in moments)  # a small checkpoint; weights stay float32
+    assert all(t.dtype == torch.float32 for k, t in tensors.items() if k.startswith("agent."))
     from mario_rl import load_policy
 
     policy = load_policy(run_dir / "policy.safetensors")

@@ -188,6 +188,14 @@ def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
           flush=True)
 
 
+def half_moments(state: dict) -> dict:
+    """An Adam state_dict with its moments in bfloat16, for checkpoints: the file shrinks from 5.6 to 3.7 MB
+    (the weights stay float32), and load_state_dict casts them back to the weights' float32. bfloat16 keeps
+    float32's exponent range, so the tiny second moments do not underflow as they would in float16."""
+    return {**state, "state": {k: {name: v.to(torch.bfloat16) if name in ("exp_avg", "exp_avg_sq") else v
+                                   for name, v in st.items()} for k, st in state["state"].items()}}
+
+
 def truncation_bonus(terminated: np.ndarray, truncated: np.ndarray, final_values: torch.Tensor,
                      gamma: float) -> torch.Tensor:
     """What to add to the last rewards of envs whose episode ended: gamma x V(final observation) where it was
@@ -359,7 +367,7 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
 
     def save(step: int) -> None:
         tensors = {f"agent.{k}": v for k, v in agent.state_dict().items()} | torch_rng_tensors()
-        optim = flatten_state("optim", optimizer.state_dict(), tensors)
+        optim = flatten_state("optim", half_moments(optimizer.state_dict()), tensors)
         extra = {"curriculum": {"lo": curriculum.lo, "done": curriculum.done}} if curriculum is not None else {}
         run.save_checkpoint(step, tensors, {"optim": optim, "episode": episode, **extra})
         save_current_policy(step)
