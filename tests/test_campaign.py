@@ -114,7 +114,7 @@ def tiny_campaign(tmp_path: Path, **changes) -> CampaignConfig:
         shutil.copy(ROOT / "demos" / f"{stage}.json", demos / f"{stage}.json")
     settings = dict(stages=("1-1",), root=tmp_path / "campaign", registry=tmp_path / "models" / "index.json",
                     models=tmp_path / "models", demos=demos, steps=2048, envs=2, actions="simple",
-                    final_episodes=1, checkpoint_every=512, device="cpu")
+                    final_episodes=1, checkpoint_every=512, device="cpu", train={"eval_video": False})
     return CampaignConfig(**(settings | changes))
 
 
@@ -125,7 +125,7 @@ from mario_rl.campaign import CampaignConfig, run_campaign
 t = Path(sys.argv[1])
 cfg = CampaignConfig(stages=("1-1",), root=t / "campaign", registry=t / "models" / "index.json",
                      models=t / "models", demos=t / "demos", steps=3072, envs=2, actions="simple",
-                     final_episodes=1, checkpoint_every=512, device="cpu")
+                     final_episodes=1, checkpoint_every=512, device="cpu", train={"eval_video": False})
 print(run_campaign(cfg), flush=True)
 """
 

@@ -93,6 +93,8 @@ class SolveConfig:
     """wall-clock limit of the search and the training together: training stops after the update that passes
     it (the final evaluation runs after that); None: none. Set --steps to what fits, since the learning
     rate decays linearly to 0 at --steps"""
+    eval_video: bool = True
+    """record the final evaluation as eval.mp4 (and eval.gif)"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
@@ -190,7 +192,7 @@ def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = Non
     policy = load_policy(policy_path)
     echo(f"evaluating under PROTOCOL.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
     result = evaluate(policy, cfg.stage, episodes=cfg.eval_episodes, sticky=cfg.sticky, noop_max=cfg.noop_max,
-                      seed=cfg.eval_seed, video=out / "eval.mp4")
+                      seed=cfg.eval_seed, video=out / "eval.mp4" if cfg.eval_video else None)
     timings["total_s"] = time.monotonic() - t0
     result |= {"checks": checks, "timings": timings, "protocol": PROTOCOL,
                "passed": result["episodes"] >= PROTOCOL["episodes"] and result["cleared_stage"]
