@@ -10,6 +10,7 @@
     mario-rl campaign [STAGES...] [--budget-hours H] [--steps N] [--backend local|ray [--ray-address ADDR]]
     mario-rl status [--registry FILE] [--json]
     mario-rl eval --all [--episodes N] [--seed S] [--registry FILE]
+    mario-rl board [--out DIR] [--no-previews] [--only STAGES...] [--max-frames N] [--registry FILE]
 
 Bad input ends with one line, `error: ...`, and exit code 2.
 """
@@ -183,6 +184,7 @@ def cmd_eval(args: list[str]) -> None:
     from mario_rl.envs import env_id
     from mario_rl.evaluate import evaluate
     from mario_rl.policy import load_policy
+    from mario_rl.registry import wilson
     from mario_rl.storage import atomic_write, check_writable
 
     a = _parse(EvalArgs, args, "mario-rl eval")
@@ -214,8 +216,10 @@ def cmd_eval(args: list[str]) -> None:
     if a.json:
         print(json.dumps(result, indent=2))
     else:
+        lo, hi = wilson(result["clears"], result["episodes"])
         print(f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
-              f"(clear rate {result['clear_rate']:.2f}, sticky {result['sticky']}, no-ops 0..{result['noop_max']}) | "
+              f"(clear rate {result['clear_rate']:.2f}, 95% Wilson interval [{lo:.2f}, {hi:.2f}], "
+              f"sticky {result['sticky']}, no-ops 0..{result['noop_max']}) | "
               f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
               f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
               + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else "")
@@ -249,6 +253,12 @@ def cmd_status(args: list[str]) -> None:
     a = _parse(StatusArgs, args, "mario-rl status")
     reg = load_registry(a.registry)
     print(json.dumps(status_rows(reg), indent=1) if a.json else format_status(reg))
+
+
+def cmd_board(args: list[str]) -> None:
+    from mario_rl.board import BoardConfig, build_board
+
+    build_board(_parse(BoardConfig, args, "mario-rl board"))
 
 
 def cmd_campaign(args: list[str]) -> None:
@@ -347,7 +357,8 @@ def cmd_report(args: list[str]) -> None:
 
 
 COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore,
-            "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign, "status": cmd_status}
+            "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign, "status": cmd_status,
+            "board": cmd_board}
 USAGE = __doc__.split("\n\n")[1]
 
 
