@@ -354,7 +354,8 @@ def cmd_report(args: list[str]) -> None:
 
 
 COMMANDS = {"play": cmd_play, "game": cmd_game, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench,
-            "explore": cmd_explore, "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign, "status": cmd_status}
+            "explore": cmd_explore, "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign,
+            "status": cmd_status}
 USAGE = __doc__.split("\n\n")[1]
 
 
