@@ -1,6 +1,7 @@
 """`mario-rl`: a thin command line over the library. It parses, calls, and prints.
 
     mario-rl play [STAGE] [--policy PATH | --random] [--episodes N] [--out FILE.mp4] [--window]
+    mario-rl game [--out FILE.mp4] [--seed S] [--max-steps N] [--sticky P] [--noop-max N] [--no-gif]
     mario-rl train STAGE --algo ddqn|ppo [--steps N] [--run-dir DIR] [--resume] [--burnin ...|--envs N ...]
     mario-rl eval POLICY STAGE [--episodes N] [--sticky P] [--noop-max N] [--seed S] [--json] [--demo F --from-frame N]
     mario-rl bench [--seconds S] [--tutorial]
@@ -141,6 +142,12 @@ def cmd_play(args: list[str]) -> None:
     a = _parse(PlayArgs, args, "mario-rl play")
     play(a.stage, policy=a.policy, random=a.random, episodes=a.episodes, out=a.out, window=a.window,
          seed=a.seed, actions=a.actions, sticky=a.sticky, noop_max=a.noop_max, echo=print)
+
+
+def cmd_game(args: list[str]) -> None:
+    from mario_rl.game import GameConfig, play_game
+
+    play_game(_parse(GameConfig, args, "mario-rl game"), echo=lambda line: print(line, flush=True))
 
 
 def cmd_train(args: list[str]) -> None:
@@ -356,9 +363,9 @@ def cmd_report(args: list[str]) -> None:
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
 
-COMMANDS = {"play": cmd_play, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "explore": cmd_explore,
-            "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign, "status": cmd_status,
-            "board": cmd_board}
+COMMANDS = {"play": cmd_play, "game": cmd_game, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench,
+            "explore": cmd_explore, "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign,
+            "status": cmd_status, "board": cmd_board}
 USAGE = __doc__.split("\n\n")[1]
 
 

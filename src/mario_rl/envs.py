@@ -299,6 +299,20 @@ def restore_state(env: gym.Env, snapshot) -> tuple:
     return base.screen, base._get_info()
 
 
+class MidGame(gym.Wrapper):
+    """reset() leaves the game where it is and returns its current screen and info.
+
+    For `mario-rl game`, which hands the one running game from policy to policy: a policy's own
+    preprocessing wrapped on top starts afresh (its frame stack filled with the current screen, as at
+    an episode's start) at a new stage or after a lost life, without restarting the game underneath.
+    Reset the game itself on the env beneath before the first reset here.
+    """
+
+    def reset(self, *, seed=None, options=None):
+        base = self.env.unwrapped
+        return base.screen, base._get_info()
+
+
 class StartFrom(gym.Wrapper):
     """Every reset restores one emulator state (`demo_state`) instead of the stage's start.
 
