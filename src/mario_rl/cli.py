@@ -57,7 +57,7 @@ class PlayArgs:
 
 @dataclass
 class EvalArgs:
-    """Evaluate a policy under ../shared/PROTOCOL.md (defaults: 20 episodes, sticky 0.25, 0..30 no-ops)."""
+    """Evaluate a policy under docs/protocol.md (defaults: 20 episodes, sticky 0.25, 0..30 no-ops)."""
 
     policy: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="POLICY")]
     """policy file, or a stage name for its bundled policy"""
@@ -310,7 +310,7 @@ def cmd_solve(args: list[str]) -> None:
         print(f"{cfg.stage}: not solved: {e}")
         sys.exit(1)
     t = r["timings"]
-    print(f"{cfg.stage}: cleared {r['clears']}/{r['episodes']} under PROTOCOL.md (seeds {r['seeds'][0]}..{r['seeds'][-1]})"
+    print(f"{cfg.stage}: cleared {r['clears']}/{r['episodes']} under docs/protocol.md (seeds {r['seeds'][0]}..{r['seeds'][-1]})"
           f" -> {'PASSED' if r['passed'] else 'not passed'} | explore {t['explore_s']:.0f} s, train {t['train_s']:.0f} s, "
           f"total {t['total_s'] / 60:.1f} min")
     if not r["passed"]:

@@ -4,7 +4,7 @@ The wrapper stack, read bottom (emulator) to top (agent):
 
     gym_super_mario_bros.make("SuperMarioBros-W-S-v0")   raw NES, one frame per step, byte actions
     FrameRecorder       (optional) copies every emulator frame for a video
-    StickyButtons       (optional) frame-level sticky actions, as in ../shared/PROTOCOL.md
+    StickyButtons       (optional) frame-level sticky actions, as in docs/protocol.md
     NoopStart           (optional) 0..N random no-op frames at reset
     --- everything above here is the "base env"; everything below is the policy's own preprocessing ---
     ActionSet           a discrete action set -> controller byte

@@ -13,7 +13,7 @@ from mario_rl.envs import demo_state, level_x, make_base_env
 from mario_rl.errors import UserError
 
 PROTOCOL = {"episodes": 20, "sticky": 0.25, "noop_max": 30}
-"""../shared/PROTOCOL.md v1: 20 episodes, frame-level sticky actions 0.25, 0..30 no-op frames."""
+"""docs/protocol.md v1: 20 episodes, frame-level sticky actions 0.25, 0..30 no-op frames."""
 CLEAR_RATE = 0.9
 
 

@@ -32,7 +32,7 @@ by any worker to the workers that are behind; they replay it from reset and add
 the cells along it. After the first flag the search goes on for a while (`polish`)
 and keeps the best path to the flag: fewest area changes, then fewest frames.
 
-A found path is a *demonstration* in the format of PROTOCOL.md: one controller
+A found path is a *demonstration* in the format of docs/protocol.md: one controller
 byte per emulator frame after `reset(seed=...)`, replayable on a raw env. It is
 evidence that a path exists, never a clear: see `mario_rl.demo` for turning it
 into a policy.
@@ -327,7 +327,7 @@ class ExploreResult:
     """area changes along the path"""
 
     def demo(self) -> dict:
-        """The demonstration in PROTOCOL.md's format."""
+        """The demonstration in docs/protocol.md's format."""
         return {"stage": self.stage, "seed": self.seed, "frames": list(self.frames)}
 
 
@@ -429,7 +429,7 @@ def _status_line(seconds: float, status: dict[int, dict]) -> str:
 def replay(demo: dict, frame_sink=None) -> dict:
     """Replay a demonstration frame by frame on a raw env; report whether it reaches the flag.
 
-    Follows PROTOCOL.md literally: `gym_super_mario_bros.make(...).reset(seed=...)`,
+    Follows docs/protocol.md literally: `gym_super_mario_bros.make(...).reset(seed=...)`,
     then one `step(byte)` per frame.
     """
     import gym_super_mario_bros

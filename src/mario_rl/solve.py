@@ -8,7 +8,7 @@
    folder if there is one;
 3. whenever the start has reached the real reset and at least `check_from` of the
    latest 20 training episodes from a real reset cleared, the current policy, acting at
-   `temperature`, is evaluated under PROTOCOL.md on fresh seeds (at most once every
+   `temperature`, is evaluated under docs/protocol.md on fresh seeds (at most once every
    `check_every` steps); a check that passes is repeated on the next 20 seeds (`confirm`),
    and training stops when both pass (or, with --minutes, once search and training have taken that long);
 4. the final evaluation, on its own seeds, goes to eval.json, with a video.
@@ -50,15 +50,15 @@ class SolveConfig:
     actions: str = "complex"
     """buttons for both the search and the policy"""
     sticky: float = 0.25
-    """frame-level sticky actions while training and evaluating (PROTOCOL.md: 0.25)"""
+    """frame-level sticky actions while training and evaluating (docs/protocol.md: 0.25)"""
     noop_max: int = 30
-    """no-op frames at reset while training and evaluating (PROTOCOL.md: 30)"""
+    """no-op frames at reset while training and evaluating (docs/protocol.md: 30)"""
     seed: int = 0
     """seed of the search and of the training run"""
     eval_seed: int = 1000
     """first seed of the final evaluation (checks during training use other seeds)"""
     eval_episodes: int = 20
-    """episodes of the final evaluation (PROTOCOL.md: 20; a pass needs 20 or more)"""
+    """episodes of the final evaluation (docs/protocol.md: 20; a pass needs 20 or more)"""
     temperature: float = 0.25
     """sampling temperature of the policy in the checks and the final evaluation, written into
     policy.safetensors (1: as it acts in training). Training samples at 1 to explore; a sharper policy
@@ -188,7 +188,7 @@ def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = Non
     policy_path = out / "policy.safetensors"
     write_policy(policy_path, load_policy(run.policy_path, temperature=cfg.temperature))
     policy = load_policy(policy_path)
-    echo(f"evaluating under PROTOCOL.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
+    echo(f"evaluating under docs/protocol.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
     result = evaluate(policy, cfg.stage, episodes=cfg.eval_episodes, sticky=cfg.sticky, noop_max=cfg.noop_max,
                       seed=cfg.eval_seed, video=out / "eval.mp4")
     timings["total_s"] = time.monotonic() - t0
