@@ -148,3 +148,15 @@ def test_window_without_a_display_is_a_clear_error(tmp_path):
                    drop_env=("DISPLAY", "WAYLAND_DISPLAY"))
     assert_one_line_error(proc, "--window needs a display")
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_play_writes_under_videos_by_default():
+    """`mario-rl play` keeps its videos out of the checkout's top level (videos/ is git-ignored)."""
+    import inspect
+    from pathlib import Path
+
+    from mario_rl.cli import PlayArgs
+    from mario_rl.play import play
+
+    assert PlayArgs().out == Path("videos/mario.mp4")
+    assert inspect.signature(play).parameters["out"].default == Path("videos/mario.mp4")

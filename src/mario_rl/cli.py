@@ -41,8 +41,8 @@ class PlayArgs:
     """play a random agent even if a policy exists"""
     episodes: int = 1
     """episodes to play (all go into one video)"""
-    out: Path = Path("mario.mp4")
-    """video to write: an MP4 and, beside it, an animated GIF preview of the same name"""
+    out: Path = Path("videos/mario.mp4")
+    """video to write (its folder is created): an MP4 and, beside it, an animated GIF preview of the same name"""
     window: bool = False
     """also show the game in a window while it plays (needs a display)"""
     seed: int = 0

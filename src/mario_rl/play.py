@@ -13,7 +13,7 @@ from mario_rl.video import VideoRecorder
 
 
 def play(stage: str = "1-1", *, policy: str | Path | None = None, random: bool = False, episodes: int = 1,
-         out: Path = Path("mario.mp4"), window: bool = False, seed: int = 0, actions: str | None = None,
+         out: Path = Path("videos/mario.mp4"), window: bool = False, seed: int = 0, actions: str | None = None,
          sticky: float = 0.0, noop_max: int = 0, echo: Callable[[str], None] = lambda s: None) -> dict:
     """Play `episodes` episodes of `stage` into one video; returns the summaries and the files written."""
     env_id(stage)
