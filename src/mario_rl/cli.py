@@ -84,9 +84,8 @@ class EvalArgs:
     demo: Path | None = None
     """a demonstration (explore's demo.json) to count --from-frame along"""
     from_frame: int = 0
-    """start every episode from the demonstration's state after this many frames, not from the stage's
-    start, with sticky actions but no no-op frames: where along the stage the policy fails (a diagnosis,
-    not a protocol result)"""
+    """start every episode from the demonstration's state after this many frames (sticky actions, no
+    no-ops): where along the stage the policy fails; a diagnosis, never a protocol result"""
 
 
 @dataclass

@@ -180,35 +180,16 @@ BUTTONS = {"right": 0x80, "left": 0x40, "down": 0x20, "up": 0x10, "start": 0x08,
 
 
 class DemoStart(gym.Wrapper):
-    """Start episodes from states along a demonstration (Salimans and Chen, 2018, "backward" starts).
+    """Start episodes from states along a demonstration (Salimans and Chen, 2018), or shortly before the
+    agent's own recent deaths ("retries").
 
-    At construction the demonstration is replayed once on the base env, keeping an
-    emulator snapshot every `stride` frames (unless `snapshots` from `demo_snapshots` are
-    given). A reset then, unless told to start from the beginning, restores a snapshot
-    picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the
-    learner moves the window back towards the start as the agent learns to finish from it (or it gives a
-    weight per snapshot instead). A share `behind` of the starts is drawn from the whole stretch after
-    `lo` instead, so that every obstacle already passed keeps being practised from close by: an agent
-    that clears each of five obstacles 70% of the time clears them all 17% of the time. `p_reset` of the
-    resets (and every reset while the window is empty) are ordinary ones, no-op start included.
-    info["demo_start"] is the frame the episode started from. An episode from a demonstration state is
-    truncated after twice the frames the demonstration took from there, plus `slack`: the game's clock
-    would otherwise let a lost agent idle for minutes of play in a stretch it will learn later.
-
-    With `retry` > 0 (set_demo_window's), a share `retry` of the non-reset starts instead
-    restores a state the agent itself was in, 33 to 128 frames (half a second to two)
-    before one of its recent deaths in an episode from a real reset or from such a retry
-    (info["demo_start"] is then -1; such an episode gets `slack` frames). Starts
-    along the demonstration teach the demonstration's states; from a real reset the
-    agent arrives at each obstacle in states of its own (on the floor where the
-    demonstration was on the bricks, a Goomba a step further on), and dies where those
-    differ. Retries practise exactly there, as Go-Explore's robustification returns to
-    where its policy fails. Deaths after a demonstration start are left out: on 1-2 at
-    2.1M steps, when every death counted, 54% of the deaths from real resets were at
-    x 900-1,000 but only 8% of the retries started there (35% at x 1,600-1,700), since
-    demonstration starts were 68% of the steps and die elsewhere.
-    Wrap it above StickyButtons and NoopStart: the perturbations apply after a
-    restored start as they do after a reset.
+    The demonstration is replayed once, keeping a snapshot every `stride` frames (or `snapshots` from
+    `demo_snapshots`). A reset restores one of them, picked from the window of `set_demo_window(lo, hi,
+    behind, retry, weights)`, or is an ordinary reset (`p_reset`, or while the window is empty).
+    info["demo_start"] is the start frame (0: a real reset, -1: a retry). An episode from a demonstration
+    state is truncated after twice the frames the demonstration took from there, plus `slack`. Wrap it
+    above StickyButtons and NoopStart, so the perturbations apply after a restored start too.
+    Why each part is there: docs/design.md ("The start curriculum").
     """
 
     def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1, slack: int = 600,
@@ -640,8 +621,7 @@ class EnvGroup(gym.Env):
 
     Written by hand because neither Gymnasium's AsyncVectorEnv nor SB3's SubprocVecEnv runs
     several envs per process, and on a 2-core machine 16 processes of one env spend their time
-    in pipe round trips and context switches: with random actions, 2 processes of 8 envs stepped
-    224 agent steps/s here against 203 for 16 processes of one. Its observation is the k
+    in pipe round trips and context switches (docs/performance.md). Its observation is the k
     observations stacked; rewards, ends and the k envs' own (vector) info travel in info["group"],
     and it never ends itself: each env inside resets on its own (same-step autoreset).
     `GroupedVectorEnv` turns a set of groups back into one vector env.

@@ -34,8 +34,8 @@ and keeps the best path to the flag: fewest area changes, then fewest frames.
 
 A found path is a *demonstration* in the format of docs/protocol.md: one controller
 byte per emulator frame after `reset(seed=...)`, replayable on a raw env. It is
-evidence that a path exists, never a clear: see `mario_rl.demo` for turning it
-into a policy.
+evidence that a path exists, never a clear: mario_rl.curriculum and mario_rl.solve
+turn it into a policy.
 """
 
 from __future__ import annotations
@@ -81,27 +81,20 @@ class ExploreConfig:
     share_every: float = 30.0
     """seconds between handing the furthest path to workers that are behind"""
     polish: float = 1.0
-    """after the first flag, search on for this fraction of the time it took, keeping the best path
-    (cells keep their shortest way in, so later paths lose detours; a shorter demonstration is faster to
-    learn from)"""
+    """after the first flag, search on for this fraction of the time it took, keeping the best (shortest) path"""
     frontier: int = 16
     """the newest cells, from which half of the rounds start"""
     frontier_prob: float = 0.5
     """share of rounds that start from the newest cells"""
     furthest: int = 512
-    """the cells at most this many pixels left of the furthest x reached (any area; 512: the last two
-    screens), from which furthest_prob of the rounds start"""
+    """pixels: rounds of --furthest-prob start from cells at most this far left of the furthest x (512: two screens)"""
     furthest_prob: float = 0.25
-    """share of rounds that start from the furthest cells (the rest, 1 - frontier_prob - furthest_prob:
-    from any cell)"""
+    """share of rounds that start from the furthest cells (the rest start from any cell)"""
     sooner: int = 0
-    """a cell reached this many frames sooner than its known way in becomes a frontier cell again, so
-    that the search goes on from the faster arrival and the time saved carries to the cells after it
-    (0: never; a shorter way in then only replaces the old one). Against the stage clock: 8-4's
-    furthest path idled for hundreds of frames in places and ran out of time before the axe"""
+    """frames: a cell reached this much sooner than its known way in becomes a frontier cell again, so the
+    saving carries on to the cells after it (0: never; docs/experiments.md)"""
     start: Path | None = None
-    """a path to begin from (a demonstration JSON, such as an earlier search's furthest.json, for the same
-    stage and seed): every worker first adds the cells along it, so a search can go on where one stopped"""
+    """a demonstration JSON to go on from (e.g. an earlier search's furthest.json, same stage and seed)"""
 
 
 @dataclass

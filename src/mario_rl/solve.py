@@ -41,8 +41,7 @@ class SolveConfig:
     out: Path | None = None
     """folder for everything (default: solutions/<stage>); solve resumes from what it holds"""
     explore_minutes: float = 30.0
-    """wall-clock limit of the search for a demonstration (it stops earlier once it has a path to the flag and
-    has polished it for as long again; 8-4's took 16 minutes to its first axe)"""
+    """wall-clock limit of the search for a demonstration (it stops earlier once it has one and has polished it)"""
     steps: int = 2_000_000
     """PPO agent-step budget (also the length of its learning-rate schedule)"""
     envs: int = 16
@@ -61,38 +60,31 @@ class SolveConfig:
     """episodes of the final evaluation (docs/protocol.md: 20; a pass needs 20 or more)"""
     temperature: float = 0.25
     """sampling temperature of the policy in the checks and the final evaluation, written into
-    policy.safetensors (1: as it acts in training). Training samples at 1 to explore; a sharper policy
-    makes fewer slips: the bundled 1-1 policy cleared 85/100 protocol episodes at 1 and 93/100 at 0.25"""
+    policy.safetensors (1: as in training; docs/results/1-1.md)"""
     check_from: int = 12
     """clears among the latest 20 training episodes from a real reset (at temperature 1) that start a check"""
     check_every: int = 100_000
-    """agent steps between checks, at least (a check plays 20 protocol episodes, about 2 minutes here)"""
+    """agent steps between checks, at least (a check plays 20 protocol episodes)"""
     confirm: bool = True
-    """repeat a check that passes on the next 20 seeds and stop training only if that passes too. One check is
-    a noisy test: a policy that clears 80% of episodes passes it 21% of the time (a 4-4 check cleared 19/20 and
-    the final evaluation after it 15/20); it passes two in a row 4% of the time, a 95% policy 86% of the time"""
+    """repeat a passing check on the next 20 seeds and stop only if that passes too (an 80% policy passes one
+    check 21% of the time, two in a row 4%)"""
     demo_order: str = "backward"
-    """where PPO episodes start: backward (near the flag first, moving back as the agent clears),
-    uniform (anywhere along the demonstration from the start) or prioritized (anywhere, more often
-    where the agent clears only sometimes)"""
+    """where PPO episodes start: backward, uniform or prioritized (PPOConfig.demo_order; docs/design.md)"""
     demo_retry: float = 0.25
     """share of PPO's non-reset starts taken from shortly before the agent's own recent deaths
     (PPOConfig.demo_retry)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
     gamma: float | None = None
-    """PPO's discount factor for a new run (None: PPOConfig's, 0.9). Under sticky actions a short horizon
-    prefers a risky jump now to a safe one a second later; see the README"""
+    """PPO's discount factor for a new run (None: PPOConfig's, 0.9; 0.99 did better on 1-2, docs/results/1-2.md)"""
     reward_scale: float | None = None
-    """PPO's reward scale for a new run (None: PPOConfig's, 0.05); with a longer horizon the returns grow,
-    and a smaller scale keeps the value head's targets in the same range"""
+    """PPO's reward scale for a new run (None: PPOConfig's, 0.05; use 0.01 with --gamma 0.99)"""
     bc_epochs: int = 0
     """epochs of behaviour cloning on the demonstration before PPO's first update, in a new run
     (PPOConfig.bc_epochs, mario_rl.bc); 0: PPO from a random network"""
     minutes: float | None = None
-    """wall-clock limit of the search and the training together: training stops after the update that passes
-    it (the final evaluation runs after that); None: none. Set --steps to what fits, since the learning
-    rate decays linearly to 0 at --steps"""
+    """minutes of search and training together, then the final evaluation (None: no limit); set --steps to
+    what fits, since the learning rate decays to 0 at --steps"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""

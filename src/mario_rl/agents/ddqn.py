@@ -10,16 +10,8 @@ What differs from the tutorial, and why (none of it changes the algorithm):
 - Adam runs its fused kernel (same update, one pass over memory), and denormal
   floats are flushed to zero (tiny Adam moments otherwise slow the CPU down).
 
-Tried and dropped, measured on the 2-core machine (the learner's update keeps both
-cores busy, so overlapping the emulator with it gains nothing here):
-- the emulator stepped in a thread while the network learns: 42 instead of 53
-  agent steps/s;
-- the emulator in its own process, playing ahead through random actions (exactly
-  the same results): 45-47 agent steps/s at nice 0, 5 or 19, against 51 without
-  it; at normal priority an update next to a busy emulator process took 160 ms
-  instead of 41 (OpenMP threads stall);
-- the target network's passes on a second thread: 61 ms per update instead of 41;
-- torch.compile (no faster, 30 s to compile); channels-last tensors (slower).
+Speed-ups tried and dropped (the emulator in a thread or a process of its own, the
+target network on a second thread, torch.compile, channels-last) are in docs/performance.md.
 """
 
 from __future__ import annotations

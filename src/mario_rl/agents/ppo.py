@@ -34,25 +34,19 @@ class PPOConfig(TrainConfig):
     actions: str = "simple"
     """action set: right, right_only, simple or complex"""
     envs: int = 16
-    """parallel emulators, one process each; several per core keep every core busy (bench: 16 on 2 cores)"""
+    """parallel emulators (grouped into one process per core when they divide evenly)"""
     num_steps: int = 128
     """steps per env in each rollout"""
     env_parts: int = 0
-    """the envs step in this many parts, in turns: the learner picks one part's actions while the other
-    parts' emulators run, instead of leaving the cores idle during its forward pass (1: all step together;
-    0: two when --envs is even and at least 4, else one). Measured here, 16 envs on 2 cores, two pairs of
-    runs: one part 201.5 and 210.4 agent steps/s, two parts 215.7 and 244.4 (the machine drifts)"""
+    """the envs step in this many parts, in turns, so the learner's forward pass overlaps emulation
+    (0: two when --envs is even and at least 4, else one; docs/performance.md)"""
     lr: float = 2.5e-4
     """Adam learning rate, annealed linearly to 0 when --anneal-lr"""
     anneal_lr: bool = True
     """anneal the learning rate linearly over the run"""
     gamma: float = 0.9
-    """discount factor (Mario's rewards are dense; 0.9 as in the tutorial and public Mario PPO runs, which
-    train without sticky actions). Under sticky actions a short horizon is impatient: at 0.9 a reward 20
-    steps later counts 0.12, so a jump now with a fair chance of death beats waiting a second for a Piranha
-    Plant to go down. 1-2, resumed at 4.3M steps with 0.99 (and --reward-scale 0.01), went from 0.47 to
-    0.60 clears from a real reset after 400k steps, its deaths at the Piranha Plants from 20% to 8% of the
-    episodes (one run; the README has the figures)"""
+    """discount factor (0.9 as in the tutorial; under sticky actions 0.99 with --reward-scale 0.01 did better
+    on 1-2: docs/results/1-2.md)"""
     gae_lambda: float = 0.95
     """lambda of generalized advantage estimation"""
     num_minibatches: int = 4
@@ -74,38 +68,30 @@ class PPOConfig(TrainConfig):
     micro_batch: int = 128
     """samples per forward/backward pass; a minibatch's gradient is summed over them (same update, less time)"""
     precision: str = "auto"
-    """the convolutions' arithmetic: fp32; bf16 (bfloat16 autocast, float32 weights, optimizer and heads,
-    as mixed-precision training does on GPUs); auto: bf16 where the CPU computes bfloat16 natively
-    (avx512_bf16/AMX), else fp32. On this CPU bf16 took a PPO update from about 2.3 to 1.6 s and a rollout's
-    inference from 0.43 to 0.31 s; a gradient on 1-1 frames kept a cosine of 0.997 to float32's
-    (see the README for the learning comparison)"""
+    """the convolutions' arithmetic: fp32, bf16 (autocast; weights, optimizer and heads stay float32) or auto
+    (bf16 where the CPU computes bfloat16 natively, else fp32; docs/performance.md)"""
     demo: Path | None = None
     """a demonstration (mario-rl explore's demo.json): start episodes along it, moving back as the agent learns"""
     demo_order: str = "backward"
-    """backward: start near the flag and move back as the agent clears (Salimans and Chen);
-    uniform: start anywhere along the demonstration from the first update;
-    prioritized: anywhere, more often where the agent clears only sometimes (curriculum.StartPriorities)"""
+    """backward (near the flag first, moving back as the agent clears), uniform (anywhere along the
+    demonstration) or prioritized (anywhere, more often where it clears only sometimes); docs/design.md"""
     demo_back: int = 8
     """demonstration start states (16 frames apart) the start moves back each time"""
     demo_behind: float = 0.3
     """share of the demonstration starts drawn from anywhere after the current ones (the stretches
     already learned), the rest from the current ones; 0 is Salimans and Chen's"""
     demo_retry: float = 0.25
-    """share of the starts that are not real resets drawn instead from the agent's own states shortly
-    before its recent deaths (envs.DemoStart): it practises where it fails from the states it reaches
-    by itself, not only from the demonstration's; 0: never"""
+    """share of the non-reset starts taken from the agent's own states shortly before its recent deaths
+    (envs.DemoStart); 0: never"""
     demo_success: float = 0.2
-    """clear rate from the current starts that moves them back (Salimans and Chen move at 20%: the
-    stretches already learned are still played, and trained, on every episode from further back)"""
+    """clear rate from the current starts that moves them back (backward order)"""
     bc_epochs: int = 0
-    """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new
-    run only): the network starts out pressing what the demonstration pressed, and its value head
-    predicting what that earned; 0: PPO from a random network"""
+    """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new run
+    only); 0: PPO from a random network"""
     bc_passes: int = 2
     """perturbed passes along the demonstration in the cloning data (mario_rl.bc.demo_dataset)"""
     device: str = "cpu"
-    """where the learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); the emulators always run on
-    CPU processes. On cuda, --precision auto means float32 and a minibatch is one pass (no micro-batches)"""
+    """where the learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); the emulators run on the CPU"""
     init_policy: Path | None = None
     """a policy file (same network and action set) whose weights a new run starts from: a warm start from
     another stage's policy (mario-rl campaign); ignored on resume"""
@@ -382,9 +368,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     next_done = torch.zeros(cfg.envs)
     start_step, t_loop = step, time.perf_counter()
     # One torch thread while the emulators run: after each batched inference, idle OpenMP threads
-    # spin on the cores the emulator processes need. Measured here (16 envs, 2 cores): a rollout's
-    # env steps took 6.0 s with 2 threads, 5.0 s like this; the loop ran 225 -> 241-243 agent
-    # steps/s. The update, with the emulators idle, uses every thread.
+    # spin on the cores the emulator processes need (docs/performance.md). The update, with the
+    # emulators idle, uses every thread.
     update_threads = torch.get_num_threads()
     stats = {}
     try:
