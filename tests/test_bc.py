@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
 from mario_rl.bc import clone, demo_dataset, demo_labels
 from mario_rl.envs import action_bytes
 from mario_rl.errors import UserError
 from mario_rl.explore import load_demo
+
+from conftest import run_cli
 
 DEMO = Path(__file__).parent / "data" / "1-1-demo.json"
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
 from mario_rl import registry as reg
 from mario_rl.campaign import CampaignConfig, related_policy, run_campaign, stage_order
 from mario_rl.envs import Preprocessing, check_action_set
 from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
 from mario_rl.policy import save_policy
+
+from conftest import ROOT, run_cli
 
 
 def tiny_policy(path: Path, stage: str = "1-1", actions: str = "right") -> Path:

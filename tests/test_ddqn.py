@@ -81,7 +81,8 @@ def test_agent_state_round_trip():
     assert other.exploration_rate == agent.exploration_rate
     for p, q in zip(agent.online.parameters(), other.online.parameters()):
         assert torch.equal(p, q)
-    assert other.optimizer.state_dict()["state"][0]["exp_avg"].equal(agent.optimizer.state_dict()["state"][0]["exp_avg"])
+    exp_avg = agent.optimizer.state_dict()["state"][0]["exp_avg"]
+    assert other.optimizer.state_dict()["state"][0]["exp_avg"].equal(exp_avg)
     # Same RNG states: both sample the same batch next.
     b1 = agent.replay.sample(4, agent.replay_rng)
     b2 = other.replay.sample(4, other.replay_rng)

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from mario_rl.curriculum import DEMO_STRIDE, BackwardCurriculum, demo_starts
-from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
 from mario_rl.envs import DemoStart, demo_snapshots, make_base_env
+from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
+
+from conftest import run_cli
 
 RIGHT = 0x80  # the controller byte for "right"
 

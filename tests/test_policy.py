@@ -1,11 +1,11 @@
 import pickle
 
+import gym_super_mario_bros
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import gym_super_mario_bros
 from mario_rl import load_policy
 from mario_rl.envs import Preprocessing, StickyButtons
 from mario_rl.errors import UserError
@@ -206,7 +206,7 @@ def test_bundle_policy_writes_how_to_play_it(policy_file, tmp_path):
     assert not (tmp_path / "models" / "1-2.safetensors").exists()
 
 
-@pytest.mark.parametrize("path", sorted((REPO_MODELS.glob("*.safetensors"))), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(REPO_MODELS.glob("*.safetensors")), ids=lambda p: p.stem)
 def test_bundled_policies_load_by_stage_name(path):
     """Every file in models/ is a policy for the stage it is named after, small enough to ship."""
     assert path.stat().st_size <= MAX_BUNDLED_BYTES

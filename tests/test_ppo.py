@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from mario_rl import make_vec_env
-from mario_rl.envs import finished_episodes
 from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss
+from mario_rl.envs import finished_episodes
 from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
+
+from conftest import run_cli
 
 
 def test_gae_by_hand():
@@ -37,7 +38,8 @@ def test_clipped_loss_by_hand():
     # ratio 1.5 with A=+1 is clipped to 1.2 -> -1.2; ratio 0.5 with A=-1: max(0.5, 0.8) = 0.8
     assert ppo_loss(new, old, adv, 0.2).item() == pytest.approx((-1.2 + 0.8) / 2)
     # Inside the clip range it is the plain surrogate.
-    assert ppo_loss(torch.log(torch.tensor([1.1])), torch.zeros(1), torch.tensor([2.0]), 0.2).item() == pytest.approx(-2.2)
+    loss = ppo_loss(torch.log(torch.tensor([1.1])), torch.zeros(1), torch.tensor([2.0]), 0.2)
+    assert loss.item() == pytest.approx(-2.2)
 
 
 def test_micro_batches_give_the_minibatch_gradient():

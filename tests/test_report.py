@@ -2,11 +2,12 @@
 
 import json
 
-from conftest import run_cli
 from test_cli import assert_one_line_error
 
 from mario_rl.report import run_report
 from mario_rl.training import EPISODE_FIELDS
+
+from conftest import run_cli
 
 
 def write_csv(path, rows, fields=EPISODE_FIELDS):

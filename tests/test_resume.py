@@ -8,6 +8,7 @@ import sys
 import time
 
 from mario_rl.storage import load_tensors
+
 from conftest import run_cli
 
 

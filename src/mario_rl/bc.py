@@ -63,8 +63,15 @@ def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 
     through the policy's preprocessing, plus `passes` perturbed stretches of `span` agent steps from each of
     its start states (sticky actions `sticky`)."""
     from mario_rl.curriculum import DEMO_STRIDE
-    from mario_rl.envs import (Preprocessing, StartFrom, demo_snapshots, lean_game, make_base_env, make_env,
-                               wrap_preprocessing)
+    from mario_rl.envs import (
+        Preprocessing,
+        StartFrom,
+        demo_snapshots,
+        lean_game,
+        make_base_env,
+        make_env,
+        wrap_preprocessing,
+    )
 
     pre = Preprocessing(actions)
     labels = demo_labels(demo, actions, pre.frame_skip)

@@ -276,12 +276,17 @@ def run_bench(seconds: float = 20.0, tutorial: bool = True, train_steps: int = 3
 def format_report(r: dict) -> str:
     lines = [
         "mario_rl bench (one process, this machine)",
-        f"  raw emulator            {r['emulator_fps']:8.0f} frames/s  -> ceiling {r['ceiling_steps_per_s']:.0f} agent steps/s at skip 4",
-        f"  env pipeline            {r['env_steps_per_s']:8.1f} agent steps/s  ({r['env_fraction_of_ceiling']:.2f} of the ceiling)",
-        f"  raw emulator, {r['cores']} procs   {r['emulator_fps_all_cores']:8.0f} frames/s  -> ceiling {r['ceiling_all_cores_steps_per_s']:.0f} agent steps/s",
-        f"  vector env ({r['vec_envs']} envs)     {r['vec_env_steps_per_s']:8.1f} agent steps/s  ({r['vec_env_fraction_of_ceiling']:.2f} of the all-core ceiling)",
-        *([f"  PPO training            {r['ppo_steps_per_s']:8.1f} agent steps/s  ({r['ppo_fraction_of_ceiling']:.2f} of the all-core ceiling, "
-            f"{r['ppo_ceiling_steps_per_s']:.0f} steps/s in its turns)"]
+        f"  raw emulator            {r['emulator_fps']:8.0f} frames/s  "
+        f"-> ceiling {r['ceiling_steps_per_s']:.0f} agent steps/s at skip 4",
+        f"  env pipeline            {r['env_steps_per_s']:8.1f} agent steps/s  "
+        f"({r['env_fraction_of_ceiling']:.2f} of the ceiling)",
+        f"  raw emulator, {r['cores']} procs   {r['emulator_fps_all_cores']:8.0f} frames/s  "
+        f"-> ceiling {r['ceiling_all_cores_steps_per_s']:.0f} agent steps/s",
+        f"  vector env ({r['vec_envs']} envs)     {r['vec_env_steps_per_s']:8.1f} agent steps/s  "
+        f"({r['vec_env_fraction_of_ceiling']:.2f} of the all-core ceiling)",
+        *([f"  PPO training            {r['ppo_steps_per_s']:8.1f} agent steps/s  "
+           f"({r['ppo_fraction_of_ceiling']:.2f} of the all-core ceiling, "
+           f"{r['ppo_ceiling_steps_per_s']:.0f} steps/s in its turns)"]
           if "ppo_steps_per_s" in r else []),
         f"  replay per transition   {r['replay']['ours']:8.0f} bytes  (tutorial {r['replay']['tutorial']:,} bytes; "
         f"100k transitions: {r['replay']['ours_total_gb']:.2f} GB vs {r['replay']['tutorial_total_gb']:.1f} GB)",
@@ -289,8 +294,10 @@ def format_report(r: dict) -> str:
     if "training" in r:
         t = r["training"]
         lines += [
-            f"  DDQN training           {t['ours_steps_per_s']:8.1f} agent steps/s  (whole process: {t['steps']} steps, burn-in {t['burnin']}, {t['ours_seconds']:.1f} s)",
-            f"  tutorial's loop         {t['tutorial_steps_per_s']:8.1f} agent steps/s  (same steps, {t['tutorial_seconds']:.1f} s)",
+            f"  DDQN training           {t['ours_steps_per_s']:8.1f} agent steps/s  "
+            f"(whole process: {t['steps']} steps, burn-in {t['burnin']}, {t['ours_seconds']:.1f} s)",
+            f"  tutorial's loop         {t['tutorial_steps_per_s']:8.1f} agent steps/s  "
+            f"(same steps, {t['tutorial_seconds']:.1f} s)",
             f"  speed-up                {t['speedup']:8.2f}x whole process; "
             f"{t['loop_speedup']:.2f}x training loops alone ({t['ours_loop_steps_per_s']:.1f} vs "
             f"{t['tutorial_loop_steps_per_s']:.1f} steps/s, start-up and final saves left out)",

@@ -721,7 +721,8 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
             return results[0]
         obs, rewards, terminated, truncated = (np.concatenate(x) for x in zip(*(r[:4] for r in results)))
         # Each part's info is already one vector info; a part's arrays cover its envs only.
-        return obs, rewards, terminated, truncated, _concat_infos([r[4] for r in results], self.num_envs // len(self.parts))
+        infos = _concat_infos([r[4] for r in results], self.num_envs // len(self.parts))
+        return obs, rewards, terminated, truncated, infos
 
     def call(self, name: str, *args, **kwargs) -> tuple:
         return tuple(r for part in self._parts for group in part.call("call_inner", name, *args, **kwargs)

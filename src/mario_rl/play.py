@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mario_rl.envs import env_id, make_base_env, make_env, check_action_set
+from mario_rl.envs import check_action_set, env_id, make_base_env, make_env
 from mario_rl.errors import UserError
 from mario_rl.evaluate import random_actor, run_episode
 from mario_rl.policy import bundled_policy_path, load_policy

@@ -30,8 +30,7 @@ from mario_rl.nets import MarioNet
 from mario_rl.policy import save_policy
 from mario_rl.replay import FrameReplay
 from mario_rl.storage import flatten_state, unflatten_state
-from mario_rl.training import (Run, TrainConfig, rng_state, set_rng_state, set_torch_rng,
-                               torch_rng_tensors)
+from mario_rl.training import Run, TrainConfig, rng_state, set_rng_state, set_torch_rng, torch_rng_tensors
 
 
 @dataclass
