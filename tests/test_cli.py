@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import pytest
@@ -12,6 +13,20 @@ def assert_one_line_error(proc, pattern):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture
+def cli(capsys):
+    """`mario-rl ARGS` in this process (mario_rl.cli.main): the error paths need no fresh interpreter."""
+    from mario_rl.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 def test_play_random_records_a_video_of_moving_frames(tmp_path):
@@ -37,53 +52,53 @@ def test_play_defaults_to_the_bundled_1_1_policy_which_clears_under_the_protocol
 
 @pytest.mark.parametrize("stage", ["9-1", "1-5", "abc"])
 @pytest.mark.parametrize("command", ["play", "train", "eval"])
-def test_unknown_stage(command, stage, tmp_path):
+def test_unknown_stage(cli, command, stage, tmp_path):
     args = {"play": ["play", stage, "--random", "--out", tmp_path / "v.mp4"],
             "train": ["train", stage, "--algo", "ddqn", "--run-dir", tmp_path / "r"],
             "eval": ["eval", "1-1", stage]}[command]
-    assert_one_line_error(run_cli(*args), f"unknown stage '{stage}'")
+    assert_one_line_error(cli(*args), f"unknown stage '{stage}'")
 
 
-def test_unknown_action_set(tmp_path):
-    assert_one_line_error(run_cli("play", "1-1", "--actions", "jump", "--out", tmp_path / "v.mp4"),
+def test_unknown_action_set(cli, tmp_path):
+    assert_one_line_error(cli("play", "1-1", "--actions", "jump", "--out", tmp_path / "v.mp4"),
                           "unknown action set 'jump'")
-    assert_one_line_error(run_cli("train", "1-1", "--actions", "jump", "--run-dir", tmp_path / "r"),
+    assert_one_line_error(cli("train", "1-1", "--actions", "jump", "--run-dir", tmp_path / "r"),
                           "unknown action set 'jump'")
 
 
-def test_unknown_algorithm(tmp_path):
-    assert_one_line_error(run_cli("train", "1-1", "--algo", "sarsa"), "unknown algorithm 'sarsa'")
+def test_unknown_algorithm(cli, tmp_path):
+    assert_one_line_error(cli("train", "1-1", "--algo", "sarsa"), "unknown algorithm 'sarsa'")
 
 
-def test_missing_and_corrupt_policy(tmp_path):
-    assert_one_line_error(run_cli("eval", tmp_path / "nope.safetensors", "1-1"), "policy file not found")
+def test_missing_and_corrupt_policy(cli, tmp_path):
+    assert_one_line_error(cli("eval", tmp_path / "nope.safetensors", "1-1"), "policy file not found")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
-    assert_one_line_error(run_cli("play", "1-1", "--policy", bad, "--out", tmp_path / "v.mp4"),
+    assert_one_line_error(cli("play", "1-1", "--policy", bad, "--out", tmp_path / "v.mp4"),
                           "not a valid safetensors")
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--burnin", "--batch-size", "--checkpoint-every"])
 @pytest.mark.parametrize("value", ["0", "-5"])
-def test_non_positive_counts(flag, value, tmp_path):
-    assert_one_line_error(run_cli("train", "1-1", flag, value, "--run-dir", tmp_path / "r"), "must be positive")
+def test_non_positive_counts(cli, flag, value, tmp_path):
+    assert_one_line_error(cli("train", "1-1", flag, value, "--run-dir", tmp_path / "r"), "must be positive")
 
 
-def test_bad_values_and_unknown_options(tmp_path):
-    assert_one_line_error(run_cli("play", "1-1", "--episodes", "abc"), "--episodes")
-    assert_one_line_error(run_cli("play", "1-1", "--episodes", "0", "--out", tmp_path / "v.mp4"),
+def test_bad_values_and_unknown_options(cli, tmp_path):
+    assert_one_line_error(cli("play", "1-1", "--episodes", "abc"), "--episodes")
+    assert_one_line_error(cli("play", "1-1", "--episodes", "0", "--out", tmp_path / "v.mp4"),
                           "must be positive")
-    assert_one_line_error(run_cli("eval", "x.safetensors", "1-1", "--bogus", "1"), "Unrecognized options")
+    assert_one_line_error(cli("eval", "x.safetensors", "1-1", "--bogus", "1"), "Unrecognized options")
     assert_one_line_error(run_cli("fly"), "unknown command 'fly'")
 
 
-def test_unwritable_output_keeps_what_exists(tmp_path):
+def test_unwritable_output_keeps_what_exists(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
-    assert_one_line_error(run_cli("play", "1-1", "--random", "--out", blocker / "v.mp4"), "cannot write")
-    assert_one_line_error(run_cli("play", "1-1", "--random", "--out", tmp_path / "v.avi"), ".mp4 or .gif")
+    assert_one_line_error(cli("play", "1-1", "--random", "--out", blocker / "v.mp4"), "cannot write")
+    assert_one_line_error(cli("play", "1-1", "--random", "--out", tmp_path / "v.avi"), ".mp4 or .gif")
     assert blocker.read_text() == "keep me"
-    assert_one_line_error(run_cli("train", "1-1", "--run-dir", blocker / "run"), "cannot")
+    assert_one_line_error(cli("train", "1-1", "--run-dir", blocker / "run"), "cannot")
 
 
 def test_train_leaves_events_metrics_plots_checkpoint_video(tiny_run):
