@@ -55,6 +55,7 @@ def test_dataset_holds_the_replay_and_perturbed_stretches():
     assert all(torch.equal(first[k], first[0]) for k in range(4))
 
 
+@pytest.mark.slow
 def test_cloning_fits_the_demonstrations_buttons():
     from mario_rl.nets import ActorCritic
 
@@ -70,6 +71,7 @@ def test_cloning_fits_the_demonstrations_buttons():
     assert history[-1]["value_loss"] < 0.1 * history[0]["value_loss"]
 
 
+@pytest.mark.slow
 def test_ppo_clones_before_its_first_update(tmp_path):
     demo = tmp_path / "demo.json"
     demo.write_text(json.dumps(short_demo(96)))

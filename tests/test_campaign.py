@@ -80,6 +80,7 @@ def test_order_and_warm_start_choice(tmp_path):
     assert related_policy("8-4", registry, "simple", tmp_path) == "1-1"
 
 
+@pytest.mark.slow
 def test_status_and_eval_all_carry_on_past_a_bad_policy(tmp_path):
     path = tmp_path / "index.json"
     good = tiny_policy(tmp_path / "1-1.safetensors")
@@ -131,6 +132,7 @@ print(run_campaign(cfg), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     tiny_campaign(tmp_path)  # the demonstrations
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -164,6 +166,7 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     assert "skipped" in third.stdout  # done is done
 
 
+@pytest.mark.slow
 def test_two_tiny_stages_on_a_real_local_ray(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the campaign does before importing Ray
     import ray

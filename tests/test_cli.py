@@ -101,6 +101,7 @@ def test_unwritable_output_keeps_what_exists(cli, tmp_path):
     assert_one_line_error(cli("train", "1-1", "--run-dir", blocker / "run"), "cannot")
 
 
+@pytest.mark.slow
 def test_train_leaves_events_metrics_plots_checkpoint_video(tiny_run):
     run_dir, proc = tiny_run
     assert "step 400/400" in proc.stdout
@@ -117,11 +118,13 @@ def test_train_leaves_events_metrics_plots_checkpoint_video(tiny_run):
     assert config["steps"] == 400 and config["algo"] == "ddqn"
 
 
+@pytest.mark.slow
 def test_train_refuses_to_overwrite_a_run(tiny_run):
     run_dir, _ = tiny_run
     assert_one_line_error(run_cli("train", "1-1", "--run-dir", run_dir), "already holds a run")
 
 
+@pytest.mark.slow
 def test_eval_and_play_a_trained_policy(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     policy = run_dir / "policy.safetensors"

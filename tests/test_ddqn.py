@@ -59,6 +59,7 @@ def _first_steps(seed, n=90):
     return actions, losses
 
 
+@pytest.mark.slow
 def test_same_seed_same_actions_and_losses():
     a1, l1 = _first_steps(7)
     a2, l2 = _first_steps(7)

@@ -197,6 +197,7 @@ def test_explore_cli_writes_a_replayable_path(tmp_path):
     assert summary["replay"]["frames"] == len(path["frames"]) and summary["best_x"] > 40
 
 
+@pytest.mark.slow
 def test_explore_starts_from_a_given_path(tmp_path):
     """--start: the workers follow the path first, so the search begins at least where it ends."""
     start = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}
@@ -223,6 +224,7 @@ def test_explore_bad_input(tmp_path, args):
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     demo = tmp_path / "demo.json"
     demo.write_text(json.dumps({"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}))
@@ -266,6 +268,7 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     """solve with a demonstration already in its folder: no search, a tiny PPO run, the evaluation files."""
     import shutil

@@ -218,6 +218,7 @@ def test_bundled_policies_load_by_stage_name(path):
     env.close()
 
 
+@pytest.mark.slow
 def test_evaluate_from_a_frame_of_the_demonstration_starts_every_episode_there():
     """`eval --demo --from-frame`: the bundled 1-1 policy, started 80 frames before the demonstration's flag
     frame, reaches the flag within a few dozen agent steps; from the stage's start it takes about 280."""

@@ -109,6 +109,7 @@ def test_vector_env_shapes_autoreset_and_statistics():
         envs.close()
 
 
+@pytest.mark.slow
 def test_grouped_vector_env_matches_one_process_per_env():
     """Envs grouped two to a process, or stepped in two parts, step exactly as envs one to a process
     (no sticky actions: deterministic)."""
@@ -164,6 +165,7 @@ def test_ppo_config_checks():
         PPOConfig(envs=0).validate()
 
 
+@pytest.mark.slow
 def test_tiny_ppo_training_through_the_cli(tmp_path):
     run_dir = tmp_path / "ppo"
     proc = run_cli("train", "1-1", "--algo", "ppo", "--envs", 2, "--num-steps", 32, "--steps", 256,

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from test_cli import assert_one_line_error
 
 from mario_rl.report import run_report
@@ -55,6 +56,7 @@ def test_report_without_a_start_column_counts_every_episode_as_a_reset(tmp_path)
     assert (t["resets"], t["reset_clears"], t["died_at"]) == (2, 1, [(400, 1, 1.0)])
 
 
+@pytest.mark.slow
 def test_report_cli_prints_a_table_json_and_one_line_errors(tmp_path):
     write_csv(tmp_path / "episodes.csv", [{"step": 10, "x": 950, "flag": 0, "start": 0},
                                           {"step": 20, "x": 3000, "flag": 1, "start": 0}])

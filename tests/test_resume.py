@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from mario_rl.storage import load_tensors
 
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     every = 150
