@@ -27,8 +27,17 @@ def tiny_policy(path: Path, stage: str = "1-1", actions: str = "right") -> Path:
     pre = Preprocessing(actions)
     torch.manual_seed(0)
     kwargs = {"in_channels": pre.frame_stack, "n_actions": len(check_action_set(actions)), "frame_size": pre.frame_size}
-    save_policy(path, ActorCritic(**kwargs), algorithm="ppo", network="ActorCritic", network_kwargs=kwargs,
-                preprocessing=pre, stage=stage, steps=0, extra={"act": "greedy"})
+    save_policy(
+        path,
+        ActorCritic(**kwargs),
+        algorithm="ppo",
+        network="ActorCritic",
+        network_kwargs=kwargs,
+        preprocessing=pre,
+        stage=stage,
+        steps=0,
+        extra={"act": "greedy"},
+    )
     return path
 
 
@@ -86,8 +95,14 @@ def test_status_and_eval_all_carry_on_past_a_bad_policy(tmp_path):
     good = tiny_policy(tmp_path / "1-1.safetensors")
     changed = tiny_policy(tmp_path / "1-3.safetensors", "1-3")
     reg.update_stage("1-1", path, status="training", policy=str(good), sha256=reg.file_sha256(good))
-    reg.update_stage("1-2", path, status="cleared", policy=str(tmp_path / "gone.safetensors"), sha256="0" * 64,
-                     protocol={"clears": 19, "episodes": 20})
+    reg.update_stage(
+        "1-2",
+        path,
+        status="cleared",
+        policy=str(tmp_path / "gone.safetensors"),
+        sha256="0" * 64,
+        protocol={"clears": 19, "episodes": 20},
+    )
     reg.update_stage("1-3", path, status="training", policy=str(changed), sha256="f" * 64)
     proc = run_cli("status", "--registry", path)
     assert proc.returncode == 0, proc.stderr
@@ -114,9 +129,19 @@ def tiny_campaign(tmp_path: Path, **changes) -> CampaignConfig:
     demos.mkdir(exist_ok=True)
     for stage in ("1-1", "1-2"):
         shutil.copy(ROOT / "demos" / f"{stage}.json", demos / f"{stage}.json")
-    settings = dict(stages=("1-1",), root=tmp_path / "campaign", registry=tmp_path / "models" / "index.json",
-                    models=tmp_path / "models", demos=demos, steps=2048, envs=2, actions="simple",
-                    final_episodes=1, checkpoint_every=512, device="cpu")
+    settings = dict(
+        stages=("1-1",),
+        root=tmp_path / "campaign",
+        registry=tmp_path / "models" / "index.json",
+        models=tmp_path / "models",
+        demos=demos,
+        steps=2048,
+        envs=2,
+        actions="simple",
+        final_episodes=1,
+        checkpoint_every=512,
+        device="cpu",
+    )
     return CampaignConfig(**(settings | changes))
 
 
@@ -137,8 +162,13 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     tiny_campaign(tmp_path)  # the demonstrations
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     checkpoint = tmp_path / "campaign" / "1-1" / "run" / "checkpoint.safetensors"
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -152,8 +182,9 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     with safe_open(checkpoint, framework="pt") as f:
         killed_at = json.loads(f.metadata()["mario_rl"])["step"]
     assert 512 <= killed_at < 3072
-    second = subprocess.run([sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            env=env, timeout=900)
+    second = subprocess.run(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=900
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"at step {killed_at:,}" in second.stdout  # resumed from the checkpoint, not from scratch
     assert "exploring" not in second.stdout
@@ -161,8 +192,9 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     assert state["phase"] in ("spent", "cleared") and state["seconds"] > 0
     entry = reg.load_registry(tmp_path / "models" / "index.json")["stages"]["1-1"]
     assert entry["agent_steps"] >= 3072 and entry["demo"] and entry["stage_x"] > 3000
-    third = subprocess.run([sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                           env=env, timeout=300)
+    third = subprocess.run(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert "skipped" in third.stdout  # done is done
 
 

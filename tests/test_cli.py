@@ -53,17 +53,21 @@ def test_play_defaults_to_the_bundled_1_1_policy_which_clears_under_the_protocol
 @pytest.mark.parametrize("stage", ["9-1", "1-5", "abc"])
 @pytest.mark.parametrize("command", ["play", "train", "eval"])
 def test_unknown_stage(cli, command, stage, tmp_path):
-    args = {"play": ["play", stage, "--random", "--out", tmp_path / "v.mp4"],
-            "train": ["train", stage, "--algo", "ddqn", "--run-dir", tmp_path / "r"],
-            "eval": ["eval", "1-1", stage]}[command]
+    args = {
+        "play": ["play", stage, "--random", "--out", tmp_path / "v.mp4"],
+        "train": ["train", stage, "--algo", "ddqn", "--run-dir", tmp_path / "r"],
+        "eval": ["eval", "1-1", stage],
+    }[command]
     assert_one_line_error(cli(*args), f"unknown stage '{stage}'")
 
 
 def test_unknown_action_set(cli, tmp_path):
-    assert_one_line_error(cli("play", "1-1", "--actions", "jump", "--out", tmp_path / "v.mp4"),
-                          "unknown action set 'jump'")
-    assert_one_line_error(cli("train", "1-1", "--actions", "jump", "--run-dir", tmp_path / "r"),
-                          "unknown action set 'jump'")
+    assert_one_line_error(
+        cli("play", "1-1", "--actions", "jump", "--out", tmp_path / "v.mp4"), "unknown action set 'jump'"
+    )
+    assert_one_line_error(
+        cli("train", "1-1", "--actions", "jump", "--run-dir", tmp_path / "r"), "unknown action set 'jump'"
+    )
 
 
 def test_unknown_algorithm(cli, tmp_path):
@@ -74,8 +78,7 @@ def test_missing_and_corrupt_policy(cli, tmp_path):
     assert_one_line_error(cli("eval", tmp_path / "nope.safetensors", "1-1"), "policy file not found")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
-    assert_one_line_error(cli("play", "1-1", "--policy", bad, "--out", tmp_path / "v.mp4"),
-                          "not a valid safetensors")
+    assert_one_line_error(cli("play", "1-1", "--policy", bad, "--out", tmp_path / "v.mp4"), "not a valid safetensors")
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--burnin", "--batch-size", "--checkpoint-every"])
@@ -86,8 +89,7 @@ def test_non_positive_counts(cli, flag, value, tmp_path):
 
 def test_bad_values_and_unknown_options(cli, tmp_path):
     assert_one_line_error(cli("play", "1-1", "--episodes", "abc"), "--episodes")
-    assert_one_line_error(cli("play", "1-1", "--episodes", "0", "--out", tmp_path / "v.mp4"),
-                          "must be positive")
+    assert_one_line_error(cli("play", "1-1", "--episodes", "0", "--out", tmp_path / "v.mp4"), "must be positive")
     assert_one_line_error(cli("eval", "x.safetensors", "1-1", "--bogus", "1"), "Unrecognized options")
     assert_one_line_error(run_cli("fly"), "unknown command 'fly'")
 
@@ -139,9 +141,10 @@ def test_eval_and_play_a_trained_policy(tiny_run, tmp_path):
     proc = run_cli("play", "1-1", "--policy", policy, "--out", tmp_path / "p.gif")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.mp4").exists() and (tmp_path / "p.gif").exists()
-    assert_one_line_error(run_cli("play", "1-1", "--policy", policy, "--actions", "simple",
-                                  "--out", tmp_path / "q.mp4"),
-                          "trained with the 'right' action set, not 'simple'")
+    assert_one_line_error(
+        run_cli("play", "1-1", "--policy", policy, "--actions", "simple", "--out", tmp_path / "q.mp4"),
+        "trained with the 'right' action set, not 'simple'",
+    )
 
 
 def test_eval_from_a_frame_needs_its_demonstration(tmp_path):
@@ -162,8 +165,9 @@ def test_bench_reports_rates_against_the_emulator_ceiling():
 
 
 def test_window_without_a_display_is_a_clear_error(tmp_path):
-    proc = run_cli("play", "1-1", "--random", "--window", "--out", tmp_path / "w.mp4",
-                   drop_env=("DISPLAY", "WAYLAND_DISPLAY"))
+    proc = run_cli(
+        "play", "1-1", "--random", "--window", "--out", tmp_path / "w.mp4", drop_env=("DISPLAY", "WAYLAND_DISPLAY")
+    )
     assert_one_line_error(proc, "--window needs a display")
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
 

@@ -37,12 +37,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
 
     # The "python3" kernelspec launches `python -m ipykernel_launcher`; jupyter_client runs it with
     # sys.executable, i.e. this venv's Python (checked below by the probe).
-    client = NotebookClient(nb, kernel_name="python3", timeout=600,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
 
     probe = next(line for line in _stream_text(nb.cells[-1]).splitlines() if line.startswith("PROBE "))
-    info = json.loads(probe[len("PROBE "):])
+    info = json.loads(probe[len("PROBE ") :])
     assert Path(info["prefix"]).resolve() == Path(sys.prefix).resolve(), info
     import mario_rl
 
@@ -51,12 +50,23 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     setup = next(c for c in nb.cells if c.cell_type == "code")
     assert "REPO_URL" in setup.source and "STEPS=300" in _stream_text(setup)
 
-    for rel in ("videos/random.mp4", "videos/random.gif", "videos/trained.mp4", "videos/trained.gif",
-                "runs/notebook/policy.safetensors", "runs/notebook/plots/learning_curves.png"):
+    for rel in (
+        "videos/random.mp4",
+        "videos/random.gif",
+        "videos/trained.mp4",
+        "videos/trained.gif",
+        "runs/notebook/policy.safetensors",
+        "runs/notebook/plots/learning_curves.png",
+    ):
         assert (tmp_path / rel).is_file(), f"missing {rel}"
 
     # The GIFs and the learning curve are shown inline as images.
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "display_data" and ("image/gif" in o["data"] or "image/png" in o["data"])]
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "display_data" and ("image/gif" in o["data"] or "image/png" in o["data"])
+    ]
     assert sum("image/gif" in o["data"] for o in images) == 2
     assert sum("image/png" in o["data"] for o in images) == 1

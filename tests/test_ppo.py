@@ -26,8 +26,9 @@ def test_gae_by_hand():
     adv, _ = gae(rewards, values, dones, torch.tensor([2.0]), torch.tensor([0.0]), gamma=0.9, lam=0.8)
     assert torch.allclose(adv[:, 0], torch.tensor([3.416, 2.8]))
     # A new episode starts at t=1: step 0 neither bootstraps nor sees step 1's advantage.
-    adv, _ = gae(rewards, values, torch.tensor([[0.0], [1.0]]), torch.tensor([2.0]), torch.tensor([0.0]),
-                 gamma=0.9, lam=0.8)
+    adv, _ = gae(
+        rewards, values, torch.tensor([[0.0], [1.0]]), torch.tensor([2.0]), torch.tensor([0.0]), gamma=0.9, lam=0.8
+    )
     assert adv[0, 0].item() == pytest.approx(0.5)
 
 
@@ -48,8 +49,14 @@ def test_micro_batches_give_the_minibatch_gradient():
     torch.manual_seed(0)
     agent = ActorCritic(in_channels=4, n_actions=7, frame_size=84)
     n = 40
-    batch = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 7, (n,)),
-             -2 + 0.1 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(n), torch.randn(n))
+    batch = (
+        torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8),
+        torch.randint(0, 7, (n,)),
+        -2 + 0.1 * torch.randn(n),
+        0.1 * torch.randn(n),
+        torch.randn(n),
+        torch.randn(n),
+    )
 
     def grads(micro_batch):
         agent.zero_grad()
@@ -68,8 +75,14 @@ def test_bf16_convolutions_keep_the_float32_gradient():
     torch.manual_seed(0)
     agent = ActorCritic()
     n = 64
-    batch = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 7, (n,)),
-             -2 + 0.1 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(n), torch.randn(n))
+    batch = (
+        torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8),
+        torch.randint(0, 7, (n,)),
+        -2 + 0.1 * torch.randn(n),
+        0.1 * torch.randn(n),
+        torch.randn(n),
+        torch.randn(n),
+    )
 
     def grad(bf16):
         agent.zero_grad()
@@ -136,9 +149,13 @@ def test_grouped_vector_env_matches_one_process_per_env():
                 parted.step_part_async(0, actions[:2])
                 c1, c0 = parted.step_part_wait(1), parted.step_part_wait(0)
                 assert len(c0[0]) == 2 and c0[4]["x_pos"].shape == (2,)
-                c = (*(np.concatenate([x, y]) for x, y in zip(c0[:4], c1[:4])),
-                     {"x_pos": np.concatenate([c0[4]["x_pos"], c1[4]["x_pos"]]),
-                      "eps": finished_episodes(c0[4]) + [(i + 2, ep) for i, ep in finished_episodes(c1[4])]})
+                c = (
+                    *(np.concatenate([x, y]) for x, y in zip(c0[:4], c1[:4])),
+                    {
+                        "x_pos": np.concatenate([c0[4]["x_pos"], c1[4]["x_pos"]]),
+                        "eps": finished_episodes(c0[4]) + [(i + 2, ep) for i, ep in finished_episodes(c1[4])],
+                    },
+                )
             for x, y, z in zip(a[:4], b[:4], c[:4]):
                 assert np.array_equal(x, y) and np.array_equal(x, z)
             assert np.array_equal(a[4]["x_pos"], b[4]["x_pos"]) and np.array_equal(a[4]["x_pos"], c[4]["x_pos"])
@@ -168,8 +185,24 @@ def test_ppo_config_checks():
 @pytest.mark.slow
 def test_tiny_ppo_training_through_the_cli(tmp_path):
     run_dir = tmp_path / "ppo"
-    proc = run_cli("train", "1-1", "--algo", "ppo", "--envs", 2, "--num-steps", 32, "--steps", 256,
-                   "--checkpoint-every", 128, "--video-steps", 20, "--run-dir", run_dir)
+    proc = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        256,
+        "--checkpoint-every",
+        128,
+        "--video-steps",
+        20,
+        "--run-dir",
+        run_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "trained 256 agent steps" in proc.stdout
     for name in ("checkpoint.safetensors", "policy.safetensors", "config.json", "episodes.csv"):
@@ -183,8 +216,21 @@ def test_tiny_ppo_training_through_the_cli(tmp_path):
     for bad in ("actions=complex", "no_such=1", "ent_coef=much", "ent_coef"):
         proc = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--resume-set", bad)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--resume-set" in proc.stderr, proc.stderr
-    resumed = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--steps", 320,
-                      "--ent-coef", 0.5, "--resume-set", "ent_coef=0.02")
+    resumed = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--run-dir",
+        run_dir,
+        "--resume",
+        "--steps",
+        320,
+        "--ent-coef",
+        0.5,
+        "--resume-set",
+        "ent_coef=0.02",
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "trained 64 agent steps" in resumed.stdout
     # --resume-set changes a setting; a plain flag (--ent-coef) does not, on a resume.

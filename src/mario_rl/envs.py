@@ -42,11 +42,27 @@ ACTION_SETS: dict[str, list[list[str]]] = {
     "right": [["right"], ["right", "A"]],
     "right_only": [["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"]],
     "simple": [
-        ["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
+        ["NOOP"],
+        ["right"],
+        ["right", "A"],
+        ["right", "B"],
+        ["right", "A", "B"],
+        ["A"],
+        ["left"],
     ],
     "complex": [
-        ["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
-        ["left", "A"], ["left", "B"], ["left", "A", "B"], ["down"], ["up"],
+        ["NOOP"],
+        ["right"],
+        ["right", "A"],
+        ["right", "B"],
+        ["right", "A", "B"],
+        ["A"],
+        ["left"],
+        ["left", "A"],
+        ["left", "B"],
+        ["left", "A", "B"],
+        ["down"],
+        ["up"],
     ],
 }
 
@@ -58,9 +74,7 @@ def env_id(stage: str) -> str:
     if stage == GAME:
         return "SuperMarioBros-v0"
     if not isinstance(stage, str) or not _STAGE_RE.match(stage):
-        raise UserError(
-            f"unknown stage {stage!r}: expected W-S with W in 1..8 and S in 1..4 (e.g. 1-1), or 'game'"
-        )
+        raise UserError(f"unknown stage {stage!r}: expected W-S with W in 1..8 and S in 1..4 (e.g. 1-1), or 'game'")
     return f"SuperMarioBros-{stage}-v0"
 
 
@@ -175,8 +189,17 @@ class FrameRecorder(gym.Wrapper):
 # --- agent-level wrappers (the policy's preprocessing) ---
 
 # NES controller bits, as nes-py lays them out.
-BUTTONS = {"right": 0x80, "left": 0x40, "down": 0x20, "up": 0x10, "start": 0x08, "select": 0x04,
-           "B": 0x02, "A": 0x01, "NOOP": 0x00}
+BUTTONS = {
+    "right": 0x80,
+    "left": 0x40,
+    "down": 0x20,
+    "up": 0x10,
+    "start": 0x08,
+    "select": 0x04,
+    "B": 0x02,
+    "A": 0x01,
+    "NOOP": 0x00,
+}
 
 
 class DemoStart(gym.Wrapper):
@@ -192,8 +215,15 @@ class DemoStart(gym.Wrapper):
     Why each part is there: docs/design.md ("The start curriculum").
     """
 
-    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1, slack: int = 600,
-                 snapshots: list | None = None):
+    def __init__(
+        self,
+        env: gym.Env,
+        demo: dict,
+        stride: int = 0,
+        p_reset: float = 0.1,
+        slack: int = 600,
+        snapshots: list | None = None,
+    ):
         from mario_rl.curriculum import DEMO_STRIDE
 
         super().__init__(env)
@@ -208,8 +238,9 @@ class DemoStart(gym.Wrapper):
         self._trail: deque = deque(maxlen=RETRY_TRAIL)  # this episode's latest states, `stride` frames apart
         self._retries: deque = deque(maxlen=RETRY_KEEP)  # states shortly before recent deaths
 
-    def set_demo_window(self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0,
-                        weights: list[float] | None = None) -> None:
+    def set_demo_window(
+        self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0, weights: list[float] | None = None
+    ) -> None:
         """Start from states lo..hi (`behind` of the time from any after lo), or, with `weights` (one
         probability per snapshot, curriculum.StartPriorities), from any state, drawn by those weights."""
         self.window, self.behind, self.retry = (int(lo), int(hi)), float(behind), float(retry)
@@ -301,9 +332,10 @@ def demo_state(demo: dict, frame: int) -> list:
     """The emulator state after the first `frame` frames of a demonstration, for StartFrom."""
     n = len(demo["frames"])
     if not 0 < frame < n:
-        raise UserError(f"the frame to start from must be in 1..{n - 1} (the demonstration has {n} frames), "
-                        f"got {frame}")
-    return demo_snapshots(None, {**demo, "frames": demo["frames"][:frame + 1]}, stride=frame)
+        raise UserError(
+            f"the frame to start from must be in 1..{n - 1} (the demonstration has {n} frames), got {frame}"
+        )
+    return demo_snapshots(None, {**demo, "frames": demo["frames"][: frame + 1]}, stride=frame)
 
 
 def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:
@@ -360,7 +392,6 @@ class ActionSet(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
 
     def get_action_meanings(self) -> list[str]:
         return [" ".join(c) for c in ACTION_SETS[self.actions]]
-
 
 
 class SkipFrame(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -474,7 +505,12 @@ def make_env(
     """
     pre = Preprocessing(actions, frame_skip, frame_size, frame_stack)
     base = make_base_env(
-        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink, demo=demo,
+        stage,
+        sticky=sticky,
+        noop_max=noop_max,
+        render_mode=render_mode,
+        frame_sink=frame_sink,
+        demo=demo,
         demo_states=demo_states,
     )
     return wrap_preprocessing(base, pre)
@@ -524,16 +560,27 @@ class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 _STAGE_OVER_ENEMIES = (0x2D, 0x31)  # Bowser and the flagpole, as gym-super-mario-bros reads them
-_GAME_STATE = ("_get_reward", "_get_terminated", "_get_info", "ram", "is_single_stage_env", "_x_position_max",
-               "_time_last", "_score_last", "_coins_last", "_status_last", "_completion_rewarded")
+_GAME_STATE = (
+    "_get_reward",
+    "_get_terminated",
+    "_get_info",
+    "ram",
+    "is_single_stage_env",
+    "_x_position_max",
+    "_time_last",
+    "_score_last",
+    "_coins_last",
+    "_status_last",
+    "_completion_rewarded",
+)
 
 
 def _digits(m: bytes, address: int, n: int) -> int:
     """A number the game keeps as one decimal digit per byte (score, clock, coins)."""
     v = 0
-    for d in m[address:address + n]:
+    for d in m[address : address + n]:
         if d > 9:  # not a digit: decode as gym-super-mario-bros does, by string concatenation
-            return int("".join(str(d) for d in m[address:address + n]))
+            return int("".join(str(d) for d in m[address : address + n]))
         v = v * 10 + d
     return v
 
@@ -591,8 +638,15 @@ def lean_game(env: gym.Env) -> gym.Env:
         if _flag(m) and not base._completion_rewarded:
             base._completion_rewarded, completion = True, 50
         total = 0.0
-        for part in (progress, clock, score / 100 if score > 0 else 0, coins * 5 if coins > 0 else 0, powerup,
-                     completion, -25 if _dying_or_dead(m) else 0):
+        for part in (
+            progress,
+            clock,
+            score / 100 if score > 0 else 0,
+            coins * 5 if coins > 0 else 0,
+            powerup,
+            completion,
+            -25 if _dying_or_dead(m) else 0,
+        ):
             total += float(part)
         return total
 
@@ -610,10 +664,12 @@ def lean_game(env: gym.Env) -> gym.Env:
     return env
 
 
-def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None,
-                       demo_states: list | None = None) -> gym.Env:
-    return EpisodeStats(lean_game(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo,
-                                           demo_states=demo_states)))
+def _vector_worker_env(
+    stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None, demo_states: list | None = None
+) -> gym.Env:
+    return EpisodeStats(
+        lean_game(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo, demo_states=demo_states))
+    )
 
 
 class EnvGroup(gym.Env):
@@ -678,9 +734,12 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
         if parts < 1 or len(group_fns) % parts:
             raise UserError(f"{len(group_fns)} env groups cannot be split into {parts} parts")
         n = len(group_fns) // parts
-        self._parts = [gym.vector.AsyncVectorEnv(group_fns[i * n:(i + 1) * n], shared_memory=True,
-                                                 autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-                       for i in range(parts)]
+        self._parts = [
+            gym.vector.AsyncVectorEnv(
+                group_fns[i * n : (i + 1) * n], shared_memory=True, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+            )
+            for i in range(parts)
+        ]
         self.k, self._groups_per_part, self.num_envs = k, n, len(group_fns) * k
         self.parts = tuple(slice(i * n * k, (i + 1) * n * k) for i in range(parts))
         space = self._parts[0].single_observation_space
@@ -709,8 +768,13 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
         obs, _, _, _, info = self._parts[p].step_wait()
         outs, infos = zip(*info["group"])
         rewards, terminated, truncated = zip(*outs)
-        return (self._flat(obs), np.concatenate(rewards), np.concatenate(terminated), np.concatenate(truncated),
-                _concat_infos(list(infos), self.k))
+        return (
+            self._flat(obs),
+            np.concatenate(rewards),
+            np.concatenate(terminated),
+            np.concatenate(truncated),
+            _concat_infos(list(infos), self.k),
+        )
 
     def step(self, actions):
         actions = np.asarray(actions)
@@ -725,17 +789,27 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
         return obs, rewards, terminated, truncated, infos
 
     def call(self, name: str, *args, **kwargs) -> tuple:
-        return tuple(r for part in self._parts for group in part.call("call_inner", name, *args, **kwargs)
-                     for r in group)
+        return tuple(
+            r for part in self._parts for group in part.call("call_inner", name, *args, **kwargs) for r in group
+        )
 
     def close_extras(self, **kwargs):
         for part in self._parts:
             part.close(**kwargs)
 
 
-def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", *, sticky: float = 0.0,
-                 noop_max: int = 0, asynchronous: bool = True, demo: dict | None = None,
-                 per_process: int = 0, parts: int = 1) -> gym.vector.VectorEnv:
+def make_vec_env(
+    stage: str = "1-1",
+    num_envs: int = 2,
+    actions: str = "right",
+    *,
+    sticky: float = 0.0,
+    noop_max: int = 0,
+    asynchronous: bool = True,
+    demo: dict | None = None,
+    per_process: int = 0,
+    parts: int = 1,
+) -> gym.vector.VectorEnv:
     """`num_envs` copies of make_env in emulator processes, observations in shared memory.
 
     `per_process` envs share a process (`EnvGroup`); 0 picks one process per core when
@@ -776,7 +850,7 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
     # no __main__ guard; a worker never runs torch, so forking the learner's threads is harmless.
     if per_process == 1 and parts == 1:
         return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=mode)
-    groups = [partial(EnvGroup, fns[i:i + per_process]) for i in range(0, num_envs, per_process)]
+    groups = [partial(EnvGroup, fns[i : i + per_process]) for i in range(0, num_envs, per_process)]
     return GroupedVectorEnv(groups, per_process, parts)
 
 

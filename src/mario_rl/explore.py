@@ -151,8 +151,13 @@ def cell_key(env) -> tuple[int, int, int, int, int]:
     # the block revealed falls in the cell of the state without it, whose path is shorter, and is
     # dropped (the search stalled at that pipe for 23 minutes). Unchanged blocks are a function of
     # x, so they split nothing.
-    return (int(ram[0x0750]), min(int(ram[0x00B5]), 2), x // 16, int(ram[0x03B8]) // 32,
-            zlib.crc32(blocks_near(env, x).tobytes()))
+    return (
+        int(ram[0x0750]),
+        min(int(ram[0x00B5]), 2),
+        x // 16,
+        int(ram[0x03B8]) // 32,
+        zlib.crc32(blocks_near(env, x).tobytes()),
+    )
 
 
 @dataclass
@@ -187,8 +192,11 @@ class Explorer:
         cell = self.archive.get(key)
         if cell is None or (changes, len(frames)) < (cell.changes, len(cell.frames)):
             new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env), changes)
-            if cell is not None and changes == cell.changes and not (
-                    self.cfg.sooner and len(cell.frames) - len(frames) >= self.cfg.sooner):
+            if (
+                cell is not None
+                and changes == cell.changes
+                and not (self.cfg.sooner and len(cell.frames) - len(frames) >= self.cfg.sooner)
+            ):
                 # Only shorter: keep the counts, so the cell is not "new" again.
                 new.born, new.chosen, new.seen = cell.born, cell.chosen, cell.seen
             else:
@@ -212,7 +220,7 @@ class Explorer:
                 cells = fewer
             # The newest cells are where the search is making progress: without this, an archive
             # of hundreds of cells picks its frontier a fraction of a percent of the time.
-            cells = sorted(cells, key=lambda c: c.born)[-self.cfg.frontier:]
+            cells = sorted(cells, key=lambda c: c.born)[-self.cfg.frontier :]
         elif draw < self.cfg.frontier_prob + self.cfg.furthest_prob:
             # When the newest cells lead nowhere (a dead end, or a way on that needs a rare sequence
             # of buttons), the way on is usually on the last screens reached: 8-4's hidden block, the
@@ -269,8 +277,7 @@ class Explorer:
 
     def status(self) -> dict:
         best = self.best
-        return {"worker": self.worker, "cells": len(self.archive), "best_x": best.x,
-                "frames": self.frames_played}
+        return {"worker": self.worker, "cells": len(self.archive), "best_x": best.x, "frames": self.frames_played}
 
 
 def _worker(cfg: ExploreConfig, worker: int, inbox, outbox, start: bytes = b"") -> None:
@@ -332,26 +339,33 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
         raise UserError("explore works on one stage at a time (1-1 ... 8-4), not on game")
     if cfg.minutes <= 0 or cfg.moves <= 0 or cfg.frames_per_move <= 0 or cfg.polish < 0:
         raise UserError("--minutes, --moves and --frames-per-move must be positive, --polish >= 0")
-    if not 0 <= cfg.repeat_prob < 1 or min(cfg.frontier_prob, cfg.furthest_prob) < 0 or (
-            cfg.frontier_prob + cfg.furthest_prob > 1):
-        raise UserError("--repeat-prob must be in [0, 1); --frontier-prob and --furthest-prob must be >= 0 "
-                        "with a sum of at most 1")
+    if (
+        not 0 <= cfg.repeat_prob < 1
+        or min(cfg.frontier_prob, cfg.furthest_prob) < 0
+        or (cfg.frontier_prob + cfg.furthest_prob > 1)
+    ):
+        raise UserError(
+            "--repeat-prob must be in [0, 1); --frontier-prob and --furthest-prob must be >= 0 with a sum of at most 1"
+        )
     if cfg.frontier <= 0 or cfg.furthest <= 0 or cfg.sooner < 0:
-        raise UserError(f"--frontier and --furthest must be positive and --sooner >= 0, got {cfg.frontier}, "
-                        f"{cfg.furthest} and {cfg.sooner}")
+        raise UserError(
+            f"--frontier and --furthest must be positive and --sooner >= 0, got {cfg.frontier}, "
+            f"{cfg.furthest} and {cfg.sooner}"
+        )
     start = b""
     if cfg.start is not None:
         demo = load_demo(cfg.start)
         if demo["stage"] != cfg.stage or int(demo["seed"]) != cfg.seed:
-            raise UserError(f"--start {cfg.start} is a path on {demo['stage']} from seed {demo['seed']}, "
-                            f"not on {cfg.stage} from seed {cfg.seed}")
+            raise UserError(
+                f"--start {cfg.start} is a path on {demo['stage']} from seed {demo['seed']}, "
+                f"not on {cfg.stage} from seed {cfg.seed}"
+            )
         start = bytes(demo["frames"])
     workers = cfg.workers or mp.cpu_count()
     ctx = mp.get_context("fork")
     outbox = ctx.Queue()
     inboxes = [ctx.Queue() for _ in range(workers)]
-    procs = [ctx.Process(target=_worker, args=(cfg, w, inboxes[w], outbox, start), daemon=True)
-             for w in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(cfg, w, inboxes[w], outbox, start), daemon=True) for w in range(workers)]
     t0 = time.monotonic()
     for p in procs:
         p.start()
@@ -405,18 +419,30 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     frames_played = sum(s["frames"] for s in status.values())
     cells = sum(s["cells"] for s in status.values())
     if solution is not None:
-        echo(_status_line(elapsed, status) + f" | path to the flag: {len(solution):,} frames, "
-             f"{solution_changes} area changes")
-    return ExploreResult(cfg.stage, cfg.seed, solution is not None, solution if solution is not None else best_path,
-                         elapsed, frames_played, cells, max([s["best_x"] for s in status.values()], default=0),
-                         solution_changes)
+        echo(
+            _status_line(elapsed, status) + f" | path to the flag: {len(solution):,} frames, "
+            f"{solution_changes} area changes"
+        )
+    return ExploreResult(
+        cfg.stage,
+        cfg.seed,
+        solution is not None,
+        solution if solution is not None else best_path,
+        elapsed,
+        frames_played,
+        cells,
+        max([s["best_x"] for s in status.values()], default=0),
+        solution_changes,
+    )
 
 
 def _status_line(seconds: float, status: dict[int, dict]) -> str:
     frames = sum(s["frames"] for s in status.values())
-    return (f"[{int(seconds) // 60:02d}:{int(seconds) % 60:02d}] cells {sum(s['cells'] for s in status.values()):,} | "
-            f"best x {max(s['best_x'] for s in status.values())} | frames {frames:,} "
-            f"({frames / max(seconds, 1e-9):,.0f}/s)")
+    return (
+        f"[{int(seconds) // 60:02d}:{int(seconds) % 60:02d}] cells {sum(s['cells'] for s in status.values()):,} | "
+        f"best x {max(s['best_x'] for s in status.values())} | frames {frames:,} "
+        f"({frames / max(seconds, 1e-9):,.0f}/s)"
+    )
 
 
 def replay(demo: dict, frame_sink=None) -> dict:
@@ -487,11 +513,19 @@ def run_explore(cfg: ExploreConfig, out: Path, video: bool = True, echo=print) -
     check = replay(demo, frame_sink=recorder)
     videos = [str(p) for p in recorder.close()] if recorder is not None else []
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-    summary = {"config": config, "solved": result.solved, "verified": check["flag"], "replay": check,
-               "seconds": round(result.seconds, 1), "frames_played": result.frames_played,
-               "cells": result.cells, "best_x": result.best_x, "demo_frames": len(demo["frames"]),
-               "area_changes": result.changes,
-               "videos": videos}
+    summary = {
+        "config": config,
+        "solved": result.solved,
+        "verified": check["flag"],
+        "replay": check,
+        "seconds": round(result.seconds, 1),
+        "frames_played": result.frames_played,
+        "cells": result.cells,
+        "best_x": result.best_x,
+        "demo_frames": len(demo["frames"]),
+        "area_changes": result.changes,
+        "videos": videos,
+    }
     atomic_write(out / "explore.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     if result.solved and not check["flag"]:
         raise RuntimeError(f"the path found does not replay to the flag: {check}")
