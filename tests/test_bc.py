@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
 from mario_rl.bc import clone, demo_dataset, demo_labels
 from mario_rl.envs import action_bytes
 from mario_rl.errors import UserError
 from mario_rl.explore import load_demo
+
+from conftest import run_cli
 
 DEMO = Path(__file__).parent / "data" / "1-1-demo.json"
 
@@ -44,9 +45,9 @@ def test_dataset_holds_the_replay_and_perturbed_stretches():
 
     env = gym_super_mario_bros.make("SuperMarioBros-1-1-v0")
     env.reset(seed=demo["seed"])
-    rewards = [0.05 * sum(env.step(b)[1] for b in demo["frames"][t:t + 4]) for t in range(0, 160, 4)]
+    rewards = [0.05 * sum(env.step(b)[1] for b in demo["frames"][t : t + 4]) for t in range(0, 160, 4)]
     env.close()
-    expected = [sum(r * 0.9 ** k for k, r in enumerate(rewards[t:])) for t in (0, 20, 39)]
+    expected = [sum(r * 0.9**k for k, r in enumerate(rewards[t:])) for t in (0, 20, 39)]
     assert data.returns[[0, 20, 39]].tolist() == pytest.approx(expected, abs=1e-5)
     assert torch.equal(data.returns[44:48], data.returns[4:8])
     # A start state's first observation is that state's screen, stacked, as after DemoStart in training.
@@ -54,6 +55,7 @@ def test_dataset_holds_the_replay_and_perturbed_stretches():
     assert all(torch.equal(first[k], first[0]) for k in range(4))
 
 
+@pytest.mark.slow
 def test_cloning_fits_the_demonstrations_buttons():
     from mario_rl.nets import ActorCritic
 
@@ -69,18 +71,39 @@ def test_cloning_fits_the_demonstrations_buttons():
     assert history[-1]["value_loss"] < 0.1 * history[0]["value_loss"]
 
 
+@pytest.mark.slow
 def test_ppo_clones_before_its_first_update(tmp_path):
     demo = tmp_path / "demo.json"
     demo.write_text(json.dumps(short_demo(96)))
     run = tmp_path / "run"
-    proc = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", 2, "--bc-passes", 1,
-                   "--actions", "complex", "--envs", 2, "--num-steps", 32, "--steps", 64, "--video-steps", 0,
-                   "--run-dir", run)
+    proc = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--bc-epochs",
+        2,
+        "--bc-passes",
+        1,
+        "--actions",
+        "complex",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        64,
+        "--video-steps",
+        0,
+        "--run-dir",
+        run,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "behaviour cloning:" in proc.stdout and "2 epochs" in proc.stdout
     assert json.loads((run / "config.json").read_text())["bc_epochs"] == 2
     bad = run_cli("train", "1-1", "--algo", "ppo", "--bc-epochs", 2, "--run-dir", tmp_path / "nodemo")
     assert bad.returncode == 2 and "--bc-epochs clones a demonstration" in bad.stderr
-    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", -1,
-                  "--run-dir", tmp_path / "neg")
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", -1, "--run-dir", tmp_path / "neg")
     assert bad.returncode == 2 and "--bc-epochs" in bad.stderr

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_campaign import tiny_policy
 
-from conftest import ROOT, run_cli
 from mario_rl import registry as reg
 from mario_rl.board import BoardConfig, build_board
 from mario_rl.cli import main
 from mario_rl.envs import STAGES
-from test_campaign import tiny_policy
+
+from conftest import ROOT, run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NES_SKY = np.array([104, 136, 252])
@@ -30,8 +31,7 @@ NES_SKY = np.array([104, 136, 252])
 def need_chromium() -> str:
     if CHROMIUM:
         return CHROMIUM
-    message = ("chromium is not installed: apt-get install -y --no-install-recommends chromium "
-               "(.ci/run installs it)")
+    message = "chromium is not installed: apt-get install -y --no-install-recommends chromium (.ci/run installs it)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)  # CI must open the board in a browser, not skip it
     pytest.skip(message)
@@ -39,9 +39,20 @@ def need_chromium() -> str:
 
 def chromium(tmp: Path, url: str, *args: str) -> str:
     """Run headless chromium on a file:// url; returns its stdout (the DOM, with --dump-dom)."""
-    cmd = [need_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={tmp / 'chromium-profile'}", *args, url]
+    cmd = [
+        need_chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        *args,
+        url,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -71,20 +82,47 @@ def board(tmp_path_factory):
 
     registry = tmp / "index.json"
     r = reg.new_registry()
-    r["stages"]["1-1"].update(status="cleared", policy="models/1-1.safetensors", sha256=sha256(policy),
-                              algorithm="ppo", actions="right", agent_steps=1234,
-                              protocol={"clears": 18, "episodes": 20, "seeds": list(range(20)), "mean_x": 3000.0,
-                                        "temperature": 0.25, "failures_x": [315, 1650]},
-                              demo=None, stage_x=3161, progress=1.0)
+    r["stages"]["1-1"].update(
+        status="cleared",
+        policy="models/1-1.safetensors",
+        sha256=sha256(policy),
+        algorithm="ppo",
+        actions="right",
+        agent_steps=1234,
+        protocol={
+            "clears": 18,
+            "episodes": 20,
+            "seeds": list(range(20)),
+            "mean_x": 3000.0,
+            "temperature": 0.25,
+            "failures_x": [315, 1650],
+        },
+        demo=None,
+        stage_x=3161,
+        progress=1.0,
+    )
     r["stages"]["1-2"].update(status="explored", demo="demos/1-2.json", demo_flag=True, stage_x=3161)
-    r["stages"]["2-1"].update(status="training", algorithm="ppo", agent_steps=2496, best_x=1278, stage_x=3193,
-                              progress=0.4, warm_start="1-1")
+    r["stages"]["2-1"].update(
+        status="training", algorithm="ppo", agent_steps=2496, best_x=1278, stage_x=3193, progress=0.4, warm_start="1-1"
+    )
     r["stages"]["3-1"].update(status="training", policy="models/3-1.safetensors", sha256="0" * 64)
     reg.save_registry(registry, r)
 
     site = tmp / "site"
-    args = ["--out", site, "--registry", registry, "--models", models, "--demos", demos, "--campaign", campaign,
-            "--max-frames", 600]
+    args = [
+        "--out",
+        site,
+        "--registry",
+        registry,
+        "--models",
+        models,
+        "--demos",
+        demos,
+        "--campaign",
+        campaign,
+        "--max-frames",
+        600,
+    ]
     start = time.monotonic()
     proc = run_cli("board", *args, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -97,12 +135,19 @@ def test_board_in_a_browser(board):
     dom = chromium(tmp, (site / "index.html").as_uri(), "--dump-dom")
 
     # All 32 stages, in order, each with its status from the registry.
-    cells = re.findall(r'<a class="cell" id="stage-([1-8]-[1-4])" data-stage="\1" data-status="([a-z ]+)" '
-                       r'href="([^"]+)"', dom)
+    cells = re.findall(
+        r'<a class="cell" id="stage-([1-8]-[1-4])" data-stage="\1" data-status="([a-z ]+)" '
+        r'href="([^"]+)"',
+        dom,
+    )
     assert [c[0] for c in cells] == list(STAGES)
     status = {c[0]: c[1] for c in cells}
-    assert (status["1-1"], status["1-2"], status["2-1"], status["3-1"]) == ("cleared", "explored", "training",
-                                                                             "training")
+    assert (status["1-1"], status["1-2"], status["2-1"], status["3-1"]) == (
+        "cleared",
+        "explored",
+        "training",
+        "training",
+    )
     assert sum(s == "not started" for s in status.values()) == 28
     raw = (site / "index.html").read_text()
     assert "<script" not in raw and "http" not in raw  # works from file://, fetches nothing
@@ -111,8 +156,8 @@ def test_board_in_a_browser(board):
 
     # The clear rate with its Wilson interval; progress; the missing policy file said, not hidden.
     lo, hi = reg.wilson(18, 20)
-    cell = {stage: dom[dom.index(f'id="stage-{stage}"'):] for stage in ("1-1", "1-2", "2-1", "3-1")}
-    assert f"rate 0.90 (18/20)" in cell["1-1"] and f"95% CI {lo:.2f}–{hi:.2f}" in cell["1-1"]
+    cell = {stage: dom[dom.index(f'id="stage-{stage}"') :] for stage in ("1-1", "1-2", "2-1", "3-1")}
+    assert "rate 0.90 (18/20)" in cell["1-1"] and f"95% CI {lo:.2f}–{hi:.2f}" in cell["1-1"]
     assert "progress 40%" in cell["2-1"]
     assert "policy file missing: 3-1.safetensors" in cell["3-1"]
 
@@ -160,14 +205,22 @@ def test_board_reuses_previews_and_rejects_bad_input(board, tmp_path, capsys):
     said = []
     a = board["args"]
     opts = {a[i].removeprefix("--").replace("-", "_"): a[i + 1] for i in range(0, len(a), 2)}
-    cfg = BoardConfig(out=Path(opts["out"]), registry=Path(opts["registry"]), models=Path(opts["models"]),
-                      demos=Path(opts["demos"]), campaign=Path(opts["campaign"]), max_frames=int(opts["max_frames"]))
+    cfg = BoardConfig(
+        out=Path(opts["out"]),
+        registry=Path(opts["registry"]),
+        models=Path(opts["models"]),
+        demos=Path(opts["demos"]),
+        campaign=Path(opts["campaign"]),
+        max_frames=int(opts["max_frames"]),
+    )
     build_board(cfg, echo=said.append)
     assert len(said) == 1 and "2 previews" in said[0], said
 
-    for args, message in [(["--max-frames", "0"], "--max-frames must be positive"),
-                          (["--only", "9-1"], "9-1"),
-                          (["--registry", str(ROOT / "pyproject.toml")], "unreadable registry")]:
+    for args, message in [
+        (["--max-frames", "0"], "--max-frames must be positive"),
+        (["--only", "9-1"], "9-1"),
+        (["--registry", str(ROOT / "pyproject.toml")], "unreadable registry"),
+    ]:
         code = main(["board", "--out", str(tmp_path / "site"), "--no-previews", *args])
         err = capsys.readouterr().err
         assert code == 2, (args, err)

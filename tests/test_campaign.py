@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
 from mario_rl import registry as reg
 from mario_rl.campaign import CampaignConfig, related_policy, run_campaign, stage_order
 from mario_rl.envs import Preprocessing, check_action_set
@@ -20,14 +19,25 @@ from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
 from mario_rl.policy import save_policy
 
+from conftest import ROOT, run_cli
+
 
 def tiny_policy(path: Path, stage: str = "1-1", actions: str = "right") -> Path:
     """An untrained ActorCritic policy (it runs right into the first Goomba: short episodes)."""
     pre = Preprocessing(actions)
     torch.manual_seed(0)
     kwargs = {"in_channels": pre.frame_stack, "n_actions": len(check_action_set(actions)), "frame_size": pre.frame_size}
-    save_policy(path, ActorCritic(**kwargs), algorithm="ppo", network="ActorCritic", network_kwargs=kwargs,
-                preprocessing=pre, stage=stage, steps=0, extra={"act": "greedy"})
+    save_policy(
+        path,
+        ActorCritic(**kwargs),
+        algorithm="ppo",
+        network="ActorCritic",
+        network_kwargs=kwargs,
+        preprocessing=pre,
+        stage=stage,
+        steps=0,
+        extra={"act": "greedy"},
+    )
     return path
 
 
@@ -79,13 +89,20 @@ def test_order_and_warm_start_choice(tmp_path):
     assert related_policy("8-4", registry, "simple", tmp_path) == "1-1"
 
 
+@pytest.mark.slow
 def test_status_and_eval_all_carry_on_past_a_bad_policy(tmp_path):
     path = tmp_path / "index.json"
     good = tiny_policy(tmp_path / "1-1.safetensors")
     changed = tiny_policy(tmp_path / "1-3.safetensors", "1-3")
     reg.update_stage("1-1", path, status="training", policy=str(good), sha256=reg.file_sha256(good))
-    reg.update_stage("1-2", path, status="cleared", policy=str(tmp_path / "gone.safetensors"), sha256="0" * 64,
-                     protocol={"clears": 19, "episodes": 20})
+    reg.update_stage(
+        "1-2",
+        path,
+        status="cleared",
+        policy=str(tmp_path / "gone.safetensors"),
+        sha256="0" * 64,
+        protocol={"clears": 19, "episodes": 20},
+    )
     reg.update_stage("1-3", path, status="training", policy=str(changed), sha256="f" * 64)
     proc = run_cli("status", "--registry", path)
     assert proc.returncode == 0, proc.stderr
@@ -112,9 +129,20 @@ def tiny_campaign(tmp_path: Path, **changes) -> CampaignConfig:
     demos.mkdir(exist_ok=True)
     for stage in ("1-1", "1-2"):
         shutil.copy(ROOT / "demos" / f"{stage}.json", demos / f"{stage}.json")
-    settings = dict(stages=("1-1",), root=tmp_path / "campaign", registry=tmp_path / "models" / "index.json",
-                    models=tmp_path / "models", demos=demos, steps=2048, envs=2, actions="simple",
-                    final_episodes=1, checkpoint_every=512, device="cpu", train={"eval_video": False})
+    settings = dict(
+        stages=("1-1",),
+        root=tmp_path / "campaign",
+        registry=tmp_path / "models" / "index.json",
+        models=tmp_path / "models",
+        demos=demos,
+        steps=2048,
+        envs=2,
+        actions="simple",
+        final_episodes=1,
+        checkpoint_every=512,
+        device="cpu",
+        train={"eval_video": False},
+    )
     return CampaignConfig(**(settings | changes))
 
 
@@ -130,12 +158,18 @@ print(run_campaign(cfg), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     tiny_campaign(tmp_path)  # the demonstrations
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     checkpoint = tmp_path / "campaign" / "1-1" / "run" / "checkpoint.safetensors"
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -149,8 +183,9 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     with safe_open(checkpoint, framework="pt") as f:
         killed_at = json.loads(f.metadata()["mario_rl"])["step"]
     assert 512 <= killed_at < 3072
-    second = subprocess.run([sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            env=env, timeout=900)
+    second = subprocess.run(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=900
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"at step {killed_at:,}" in second.stdout  # resumed from the checkpoint, not from scratch
     assert "exploring" not in second.stdout
@@ -158,11 +193,13 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
     assert state["phase"] in ("spent", "cleared") and state["seconds"] > 0
     entry = reg.load_registry(tmp_path / "models" / "index.json")["stages"]["1-1"]
     assert entry["agent_steps"] >= 3072 and entry["demo"] and entry["stage_x"] > 3000
-    third = subprocess.run([sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                           env=env, timeout=300)
+    third = subprocess.run(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert "skipped" in third.stdout  # done is done
 
 
+@pytest.mark.slow
 def test_two_tiny_stages_on_a_real_local_ray(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as the campaign does before importing Ray
     import ray

@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import pytest
@@ -12,6 +13,20 @@ def assert_one_line_error(proc, pattern):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture
+def cli(capsys):
+    """`mario-rl ARGS` in this process (mario_rl.cli.main): the error paths need no fresh interpreter."""
+    from mario_rl.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 def test_play_random_records_a_video_of_moving_frames(tmp_path):
@@ -37,55 +52,58 @@ def test_play_defaults_to_the_bundled_1_1_policy_which_clears_under_the_protocol
 
 @pytest.mark.parametrize("stage", ["9-1", "1-5", "abc"])
 @pytest.mark.parametrize("command", ["play", "train", "eval"])
-def test_unknown_stage(command, stage, tmp_path):
-    args = {"play": ["play", stage, "--random", "--out", tmp_path / "v.mp4"],
-            "train": ["train", stage, "--algo", "ddqn", "--run-dir", tmp_path / "r"],
-            "eval": ["eval", "1-1", stage]}[command]
-    assert_one_line_error(run_cli(*args), f"unknown stage '{stage}'")
+def test_unknown_stage(cli, command, stage, tmp_path):
+    args = {
+        "play": ["play", stage, "--random", "--out", tmp_path / "v.mp4"],
+        "train": ["train", stage, "--algo", "ddqn", "--run-dir", tmp_path / "r"],
+        "eval": ["eval", "1-1", stage],
+    }[command]
+    assert_one_line_error(cli(*args), f"unknown stage '{stage}'")
 
 
-def test_unknown_action_set(tmp_path):
-    assert_one_line_error(run_cli("play", "1-1", "--actions", "jump", "--out", tmp_path / "v.mp4"),
-                          "unknown action set 'jump'")
-    assert_one_line_error(run_cli("train", "1-1", "--actions", "jump", "--run-dir", tmp_path / "r"),
-                          "unknown action set 'jump'")
+def test_unknown_action_set(cli, tmp_path):
+    assert_one_line_error(
+        cli("play", "1-1", "--actions", "jump", "--out", tmp_path / "v.mp4"), "unknown action set 'jump'"
+    )
+    assert_one_line_error(
+        cli("train", "1-1", "--actions", "jump", "--run-dir", tmp_path / "r"), "unknown action set 'jump'"
+    )
 
 
-def test_unknown_algorithm(tmp_path):
-    assert_one_line_error(run_cli("train", "1-1", "--algo", "sarsa"), "unknown algorithm 'sarsa'")
+def test_unknown_algorithm(cli, tmp_path):
+    assert_one_line_error(cli("train", "1-1", "--algo", "sarsa"), "unknown algorithm 'sarsa'")
 
 
-def test_missing_and_corrupt_policy(tmp_path):
-    assert_one_line_error(run_cli("eval", tmp_path / "nope.safetensors", "1-1"), "policy file not found")
+def test_missing_and_corrupt_policy(cli, tmp_path):
+    assert_one_line_error(cli("eval", tmp_path / "nope.safetensors", "1-1"), "policy file not found")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
-    assert_one_line_error(run_cli("play", "1-1", "--policy", bad, "--out", tmp_path / "v.mp4"),
-                          "not a valid safetensors")
+    assert_one_line_error(cli("play", "1-1", "--policy", bad, "--out", tmp_path / "v.mp4"), "not a valid safetensors")
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--burnin", "--batch-size", "--checkpoint-every"])
 @pytest.mark.parametrize("value", ["0", "-5"])
-def test_non_positive_counts(flag, value, tmp_path):
-    assert_one_line_error(run_cli("train", "1-1", flag, value, "--run-dir", tmp_path / "r"), "must be positive")
+def test_non_positive_counts(cli, flag, value, tmp_path):
+    assert_one_line_error(cli("train", "1-1", flag, value, "--run-dir", tmp_path / "r"), "must be positive")
 
 
-def test_bad_values_and_unknown_options(tmp_path):
-    assert_one_line_error(run_cli("play", "1-1", "--episodes", "abc"), "--episodes")
-    assert_one_line_error(run_cli("play", "1-1", "--episodes", "0", "--out", tmp_path / "v.mp4"),
-                          "must be positive")
-    assert_one_line_error(run_cli("eval", "x.safetensors", "1-1", "--bogus", "1"), "Unrecognized options")
+def test_bad_values_and_unknown_options(cli, tmp_path):
+    assert_one_line_error(cli("play", "1-1", "--episodes", "abc"), "--episodes")
+    assert_one_line_error(cli("play", "1-1", "--episodes", "0", "--out", tmp_path / "v.mp4"), "must be positive")
+    assert_one_line_error(cli("eval", "x.safetensors", "1-1", "--bogus", "1"), "Unrecognized options")
     assert_one_line_error(run_cli("fly"), "unknown command 'fly'")
 
 
-def test_unwritable_output_keeps_what_exists(tmp_path):
+def test_unwritable_output_keeps_what_exists(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
-    assert_one_line_error(run_cli("play", "1-1", "--random", "--out", blocker / "v.mp4"), "cannot write")
-    assert_one_line_error(run_cli("play", "1-1", "--random", "--out", tmp_path / "v.avi"), ".mp4 or .gif")
+    assert_one_line_error(cli("play", "1-1", "--random", "--out", blocker / "v.mp4"), "cannot write")
+    assert_one_line_error(cli("play", "1-1", "--random", "--out", tmp_path / "v.avi"), ".mp4 or .gif")
     assert blocker.read_text() == "keep me"
-    assert_one_line_error(run_cli("train", "1-1", "--run-dir", blocker / "run"), "cannot")
+    assert_one_line_error(cli("train", "1-1", "--run-dir", blocker / "run"), "cannot")
 
 
+@pytest.mark.slow
 def test_train_leaves_events_metrics_plots_checkpoint_video(tiny_run):
     run_dir, proc = tiny_run
     assert "step 400/400" in proc.stdout
@@ -102,11 +120,13 @@ def test_train_leaves_events_metrics_plots_checkpoint_video(tiny_run):
     assert config["steps"] == 400 and config["algo"] == "ddqn"
 
 
+@pytest.mark.slow
 def test_train_refuses_to_overwrite_a_run(tiny_run):
     run_dir, _ = tiny_run
     assert_one_line_error(run_cli("train", "1-1", "--run-dir", run_dir), "already holds a run")
 
 
+@pytest.mark.slow
 def test_eval_and_play_a_trained_policy(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     policy = run_dir / "policy.safetensors"
@@ -121,9 +141,10 @@ def test_eval_and_play_a_trained_policy(tiny_run, tmp_path):
     proc = run_cli("play", "1-1", "--policy", policy, "--out", tmp_path / "p.gif")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.mp4").exists() and (tmp_path / "p.gif").exists()
-    assert_one_line_error(run_cli("play", "1-1", "--policy", policy, "--actions", "simple",
-                                  "--out", tmp_path / "q.mp4"),
-                          "trained with the 'right' action set, not 'simple'")
+    assert_one_line_error(
+        run_cli("play", "1-1", "--policy", policy, "--actions", "simple", "--out", tmp_path / "q.mp4"),
+        "trained with the 'right' action set, not 'simple'",
+    )
 
 
 def test_eval_from_a_frame_needs_its_demonstration(tmp_path):
@@ -144,7 +165,20 @@ def test_bench_reports_rates_against_the_emulator_ceiling():
 
 
 def test_window_without_a_display_is_a_clear_error(tmp_path):
-    proc = run_cli("play", "1-1", "--random", "--window", "--out", tmp_path / "w.mp4",
-                   drop_env=("DISPLAY", "WAYLAND_DISPLAY"))
+    proc = run_cli(
+        "play", "1-1", "--random", "--window", "--out", tmp_path / "w.mp4", drop_env=("DISPLAY", "WAYLAND_DISPLAY")
+    )
     assert_one_line_error(proc, "--window needs a display")
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_play_writes_under_videos_by_default():
+    """`mario-rl play` keeps its videos out of the checkout's top level (videos/ is git-ignored)."""
+    import inspect
+    from pathlib import Path
+
+    from mario_rl.cli import PlayArgs
+    from mario_rl.play import play
+
+    assert PlayArgs().out == Path("videos/mario.mp4")
+    assert inspect.signature(play).parameters["out"].default == Path("videos/mario.mp4")

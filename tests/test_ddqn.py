@@ -12,10 +12,18 @@ def test_double_dqn_target_by_hand():
     # Two transitions, three actions.
     reward = torch.tensor([1.0, 2.0])
     terminated = torch.tensor([False, True])
-    q_online_next = torch.tensor([[0.1, 0.9, 0.3],   # online net picks action 1
-                                  [5.0, 1.0, 2.0]])  # picks action 0 (but terminal)
-    q_target_next = torch.tensor([[10.0, 4.0, 20.0],  # target net scores action 1: 4.0
-                                  [7.0, 8.0, 9.0]])
+    q_online_next = torch.tensor(
+        [
+            [0.1, 0.9, 0.3],  # online net picks action 1
+            [5.0, 1.0, 2.0],
+        ]
+    )  # picks action 0 (but terminal)
+    q_target_next = torch.tensor(
+        [
+            [10.0, 4.0, 20.0],  # target net scores action 1: 4.0
+            [7.0, 8.0, 9.0],
+        ]
+    )
     target = double_dqn_target(reward, terminated, 0.9, q_online_next, q_target_next)
     # 1 + 0.9 * 4.0 = 4.6 (plain DQN would use max 20.0 -> 19.0); terminal: just the reward 2.0
     assert torch.allclose(target, torch.tensor([4.6, 2.0]))
@@ -35,8 +43,7 @@ def test_tutorial_hyperparameters_are_the_defaults():
 
 
 def _first_steps(seed, n=90):
-    cfg = DDQNConfig(seed=seed, burnin=30, batch_size=4, memory_size=500, exploration_rate=0.5,
-                     sync_every=40)
+    cfg = DDQNConfig(seed=seed, burnin=30, batch_size=4, memory_size=500, exploration_rate=0.5, sync_every=40)
     env = make_env("1-1")
     agent = DDQNAgent(cfg, 2, Preprocessing())
     obs, _ = env.reset(seed=seed)
@@ -59,6 +66,7 @@ def _first_steps(seed, n=90):
     return actions, losses
 
 
+@pytest.mark.slow
 def test_same_seed_same_actions_and_losses():
     a1, l1 = _first_steps(7)
     a2, l2 = _first_steps(7)
@@ -81,7 +89,8 @@ def test_agent_state_round_trip():
     assert other.exploration_rate == agent.exploration_rate
     for p, q in zip(agent.online.parameters(), other.online.parameters()):
         assert torch.equal(p, q)
-    assert other.optimizer.state_dict()["state"][0]["exp_avg"].equal(agent.optimizer.state_dict()["state"][0]["exp_avg"])
+    exp_avg = agent.optimizer.state_dict()["state"][0]["exp_avg"]
+    assert other.optimizer.state_dict()["state"][0]["exp_avg"].equal(exp_avg)
     # Same RNG states: both sample the same batch next.
     b1 = agent.replay.sample(4, agent.replay_rng)
     b2 = other.replay.sample(4, other.replay_rng)

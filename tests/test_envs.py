@@ -124,6 +124,7 @@ def test_lean_game_changes_nothing_but_the_info():
 
 
 @pytest.mark.parametrize("stage", ["1-1", "4-4"])
+@pytest.mark.slow
 def test_lean_game_rewards_match_the_game_through_a_clear(stage):
     """Frame by frame along a demonstration that clears the stage (stomps, coins, the clock,
     the flag or axe): the lean game's rewards, ends and x equal the game's own."""

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from mario_rl.curriculum import DEMO_STRIDE, BackwardCurriculum, demo_starts
-from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
 from mario_rl.envs import DemoStart, demo_snapshots, make_base_env
+from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
+
+from conftest import run_cli
 
 RIGHT = 0x80  # the controller byte for "right"
 
@@ -78,8 +79,9 @@ def test_furthest_rounds_start_on_the_last_screen_reached():
     from pathlib import Path
 
     demo = json.loads((Path(__file__).parent / "data" / "1-1-demo.json").read_text())
-    explorer = Explorer(ExploreConfig("1-1", seed=demo["seed"], moves=5, frontier_prob=0.0, furthest_prob=1.0,
-                                      furthest=64))
+    explorer = Explorer(
+        ExploreConfig("1-1", seed=demo["seed"], moves=5, frontier_prob=0.0, furthest_prob=1.0, furthest=64)
+    )
     explorer.follow(bytes(demo["frames"][:1200]))
     far = max(c.x for c in explorer.archive.values()) - 64
     behind = [c for c in explorer.archive.values() if c.x < far]
@@ -196,6 +198,7 @@ def test_explore_cli_writes_a_replayable_path(tmp_path):
     assert summary["replay"]["frames"] == len(path["frames"]) and summary["best_x"] > 40
 
 
+@pytest.mark.slow
 def test_explore_starts_from_a_given_path(tmp_path):
     """--start: the workers follow the path first, so the search begins at least where it ends."""
     start = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}
@@ -203,8 +206,19 @@ def test_explore_starts_from_a_given_path(tmp_path):
     assert not walked["ended"] and walked["x"] > 100
     (tmp_path / "start.json").write_text(json.dumps(start))
     out = tmp_path / "ex"
-    proc = run_cli("explore", "1-1", "--minutes", 0.1, "--workers", 1, "--out", out, "--no-video",
-                   "--start", tmp_path / "start.json")
+    proc = run_cli(
+        "explore",
+        "1-1",
+        "--minutes",
+        0.1,
+        "--workers",
+        1,
+        "--out",
+        out,
+        "--no-video",
+        "--start",
+        tmp_path / "start.json",
+    )
     assert proc.returncode == 1, proc.stderr
     summary = json.loads((out / "explore.json").read_text())
     assert summary["best_x"] >= walked["x"] - 16 and summary["config"]["start"] == str(tmp_path / "start.json")
@@ -214,21 +228,52 @@ def test_explore_starts_from_a_given_path(tmp_path):
     assert proc.returncode == 2 and "not on 1-1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args", [["9-1"], ["game"], ["1-1", "--minutes", "0"], ["1-1", "--actions", "warp"],
-                                  ["1-1", "--sooner", "-1"], ["1-1", "--furthest-prob", "0.8"],
-                                  ["1-1", "--furthest", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["9-1"],
+        ["game"],
+        ["1-1", "--minutes", "0"],
+        ["1-1", "--actions", "warp"],
+        ["1-1", "--sooner", "-1"],
+        ["1-1", "--furthest-prob", "0.8"],
+        ["1-1", "--furthest", "0"],
+    ],
+)
 def test_explore_bad_input(tmp_path, args):
     proc = run_cli("explore", *args, "--out", tmp_path / "ex")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     demo = tmp_path / "demo.json"
     demo.write_text(json.dumps({"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}))
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--actions", "complex", "--envs", 2,
-                   "--num-steps", 32, "--steps", 128, "--checkpoint-every", 64, "--video-steps", 0,
-                   "--sticky", 0.25, "--run-dir", run_dir)
+    proc = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--actions",
+        "complex",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        128,
+        "--checkpoint-every",
+        64,
+        "--video-steps",
+        0,
+        "--sticky",
+        0.25,
+        "--run-dir",
+        run_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "start frame" in proc.stdout or "start reset" in proc.stdout
     assert json.loads((run_dir / "demo.json").read_text())["frames"] == [RIGHT] * 120
@@ -245,26 +290,65 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     assert all(int(r["start"]) == -1 or int(r["start"]) % DEMO_STRIDE == 0 for r in rows)
     bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-retry", 1.5, "--run-dir", tmp_path / "rb")
     assert bad.returncode == 2 and "--demo-retry" in bad.stderr
-    uniform = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "uniform", "--envs", 2,
-                      "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", tmp_path / "ru")
+    uniform = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--demo-order",
+        "uniform",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        64,
+        "--video-steps",
+        0,
+        "--run-dir",
+        tmp_path / "ru",
+    )
     assert uniform.returncode == 0, uniform.stderr
     assert "start anywhere" in uniform.stdout
     _, state = load_tensors(tmp_path / "ru" / "checkpoint.safetensors", "checkpoint")
     assert "curriculum" not in state
     # Prioritized starts, resumed: the clear rates behind the weights are read back from episodes.csv.
-    prio = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "prioritized", "--envs", 2,
-                   "--num-steps", 32, "--steps", 64, "--video-steps", 0, "--run-dir", tmp_path / "rp")
+    prio = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--demo-order",
+        "prioritized",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        64,
+        "--video-steps",
+        0,
+        "--run-dir",
+        tmp_path / "rp",
+    )
     assert prio.returncode == 0 and "start prioritized" in prio.stdout, prio.stderr
-    again = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", tmp_path / "rp", "--resume", "--steps", 128,
-                    "--video-steps", 0)
+    again = run_cli(
+        "train", "1-1", "--algo", "ppo", "--run-dir", tmp_path / "rp", "--resume", "--steps", 128, "--video-steps", 0
+    )
     assert again.returncode == 0 and "start prioritized" in again.stdout, again.stderr
-    bad_order = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "random",
-                        "--run-dir", tmp_path / "rx")
+    bad_order = run_cli(
+        "train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "random", "--run-dir", tmp_path / "rx"
+    )
     assert bad_order.returncode == 2 and "--demo-order must be one of" in bad_order.stderr
     wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
     assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     """solve with a demonstration already in its folder: no search, a tiny PPO run, the evaluation files."""
     import shutil
@@ -273,8 +357,24 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     out = tmp_path / "sol"
     (out / "explore").mkdir(parents=True)
     shutil.copy(Path(__file__).parent / "data" / "1-1-demo.json", out / "explore" / "demo.json")
-    proc = run_cli("solve", "1-1", "--out", out, "--steps", 128, "--envs", 2, "--checkpoint-every", 64,
-                   "--eval-episodes", 1, "--gamma", 0.99, "--reward-scale", 0.01)
+    proc = run_cli(
+        "solve",
+        "1-1",
+        "--out",
+        out,
+        "--steps",
+        128,
+        "--envs",
+        2,
+        "--checkpoint-every",
+        64,
+        "--eval-episodes",
+        1,
+        "--gamma",
+        0.99,
+        "--reward-scale",
+        0.01,
+    )
     assert "using the demonstration" in proc.stdout, proc.stderr
     # 128 steps of PPO do not clear 1-1: exit code 1, and the files say so.
     assert proc.returncode == 1, proc.stderr
@@ -299,8 +399,9 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     # A wall-clock limit: training stops after the first update past it, then the final evaluation runs.
     timed = tmp_path / "timed"
     shutil.copytree(out / "explore", timed / "explore")
-    proc = run_cli("solve", "1-1", "--out", timed, "--steps", 100_000, "--envs", 2, "--eval-episodes", 1,
-                   "--minutes", 0.01)
+    proc = run_cli(
+        "solve", "1-1", "--out", timed, "--steps", 100_000, "--envs", 2, "--eval-episodes", 1, "--minutes", 0.01
+    )
     assert proc.returncode == 1 and "--minutes 0.01 reached at step 256" in proc.stdout, proc.stderr
     result = json.loads((timed / "eval.json").read_text())
     assert result["timings"]["stopped_at_step"] == 256 and result["episodes"] == 1
@@ -314,16 +415,24 @@ def test_a_check_passes_only_when_its_confirmation_passes_too():
     played = []
 
     def play(clears_by_seed):
-        return lambda seed: played.append(seed) or {"clears": clears_by_seed[seed], "episodes": 20,
-                                                    "cleared_stage": clears_by_seed[seed] / 20 >= CLEAR_RATE}
+        return lambda seed: (
+            played.append(seed)
+            or {
+                "clears": clears_by_seed[seed],
+                "episodes": 20,
+                "cleared_stage": clears_by_seed[seed] / 20 >= CLEAR_RATE,
+            }
+        )
 
     assert run_check(play({500: 19, 520: 18}), 7, 500, confirm=True, echo=lambda _: None)[0]
     passed, records = run_check(play({500: 19, 520: 15}), 7, 500, confirm=True, echo=lambda _: None)
     assert not passed and [r["clears"] for r in records] == [19, 15] and records[1]["seed"] == 520
     passed, records = run_check(play({500: 17}), 7, 500, confirm=True, echo=lambda _: None)
     assert not passed and len(records) == 1  # a failed check is not repeated
-    assert run_check(play({500: 18}), 7, 500, confirm=False, echo=lambda _: None) == (True, [
-        {"step": 7, "seed": 500, "clears": 18, "episodes": 20}])
+    assert run_check(play({500: 18}), 7, 500, confirm=False, echo=lambda _: None) == (
+        True,
+        [{"step": 7, "seed": 500, "clears": 18, "episodes": 20}],
+    )
     assert played == [500, 520, 500, 520, 500, 500]
 
 
@@ -357,9 +466,9 @@ def test_start_priorities_favour_stretches_cleared_only_sometimes():
     # Untried segments share the largest weight: uniform at first.
     assert p.weights() == pytest.approx([1 / 12] * 12) and p.segment_rates() == [None, None, None]
     for i in range(8):
-        p.record(1 * DEMO_STRIDE, cleared=i % 2 == 0)   # segment 0: half
-        p.record(5 * DEMO_STRIDE, cleared=False)         # segment 1: never
-        p.record(9 * DEMO_STRIDE, cleared=True)          # segment 2: always
+        p.record(1 * DEMO_STRIDE, cleared=i % 2 == 0)  # segment 0: half
+        p.record(5 * DEMO_STRIDE, cleared=False)  # segment 1: never
+        p.record(9 * DEMO_STRIDE, cleared=True)  # segment 2: always
     assert p.segment_rates() == [0.5, 0.0, 1.0]
     w = p.weights()
     assert abs(sum(w) - 1) < 1e-9 and w[0] == w[3] and w[4] == w[11]

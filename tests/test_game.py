@@ -4,11 +4,12 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from test_cli import assert_one_line_error
 
-from conftest import run_cli
 from mario_rl.envs import MidGame, make_base_env
 from mario_rl.game import BAND, RANDOM_LABEL, PolicySchedule, Switcher, draw_overlay, overlay_mask
-from test_cli import assert_one_line_error
+
+from conftest import run_cli
 
 
 class FakePolicy:
@@ -21,29 +22,54 @@ def _info(world, stage, life=2, x=40):
 
 
 def test_each_stage_gets_its_bundled_policy_or_the_random_agent_and_restarts_at_stages_and_lost_lives():
-    bundled = {"1-1": Path("models/1-1.safetensors"), "1-2": Path("models/1-2.safetensors"),
-               "4-4": Path("models/4-4.safetensors")}
+    bundled = {
+        "1-1": Path("models/1-1.safetensors"),
+        "1-2": Path("models/1-2.safetensors"),
+        "4-4": Path("models/4-4.safetensors"),
+    }
     loads = []
     schedule = PolicySchedule(seed=0, find=bundled.get, load=lambda p: loads.append(p) or FakePolicy(p))
     switcher = Switcher(schedule)
-    infos = [_info(1, 1), _info(1, 1, x=300), _info(1, 2), _info(1, 2, x=900), _info(1, 2, life=1, x=40),
-             _info(1, 3, life=1), _info(1, 3, life=2, x=500),  # a 1-up: not a restart
-             _info(1, 3, life=1), _info(4, 4, life=1), _info(4, 4, life=0),  # (a warp)
-             _info(4, 4, life=0xFF)]  # game over
+    infos = [
+        _info(1, 1),
+        _info(1, 1, x=300),
+        _info(1, 2),
+        _info(1, 2, x=900),
+        _info(1, 2, life=1, x=40),
+        _info(1, 3, life=1),
+        _info(1, 3, life=2, x=500),  # a 1-up: not a restart
+        _info(1, 3, life=1),
+        _info(4, 4, life=1),
+        _info(4, 4, life=0),  # (a warp)
+        _info(4, 4, life=0xFF),
+    ]  # game over
     chosen = []
     for info in infos:
         agent = switcher.update(info)
         chosen.append(None if agent is None else getattr(agent, "path", None) or agent.label)
-    assert chosen == [bundled["1-1"], None, bundled["1-2"], None, bundled["1-2"], RANDOM_LABEL, None,
-                      RANDOM_LABEL, bundled["4-4"], bundled["4-4"], None]
+    assert chosen == [
+        bundled["1-1"],
+        None,
+        bundled["1-2"],
+        None,
+        bundled["1-2"],
+        RANDOM_LABEL,
+        None,
+        RANDOM_LABEL,
+        bundled["4-4"],
+        bundled["4-4"],
+        None,
+    ]
     assert loads == [bundled["1-1"], bundled["1-2"], bundled["4-4"]]  # each policy loaded once
     assert switcher.stages == ["1-1", "1-2", "1-3", "4-4"]
     assert switcher.x == {"1-1": 300, "1-2": 900, "1-3": 500, "4-4": 40}
     assert switcher.lives_lost == 4 and switcher.lives == 0  # three lives and the 1-up's
     assert [schedule.label(s) for s in switcher.stages] == ["policy 1-1", "policy 1-2", RANDOM_LABEL, "policy 4-4"]
-    assert switcher.events[:3] == ["1-1: policy 1-1 (models/1-1.safetensors)",
-                                   "1-2: policy 1-2 (models/1-2.safetensors)",
-                                   "  life lost on 1-2 at x 900 (2 left)"]
+    assert switcher.events[:3] == [
+        "1-1: policy 1-1 (models/1-1.safetensors)",
+        "1-2: policy 1-2 (models/1-2.safetensors)",
+        "  life lost on 1-2 at x 900 (2 left)",
+    ]
 
 
 def test_the_overlay_changes_only_its_band_and_its_text_shows():

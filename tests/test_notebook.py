@@ -29,6 +29,7 @@ def _stream_text(cell) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ["kernel", "uv"])
 def test_quickstart_notebook_runs(route, tmp_path, monkeypatch):
     monkeypatch.setenv("MARIO_RL_NB_STEPS", "300")
@@ -51,12 +52,11 @@ def test_quickstart_notebook_runs(route, tmp_path, monkeypatch):
 
     # The "python3" kernelspec launches `python -m ipykernel_launcher`; jupyter_client runs it with
     # sys.executable, i.e. this venv's Python (checked below by the probe).
-    client = NotebookClient(nb, kernel_name="python3", timeout=600,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
 
     probe = next(line for line in _stream_text(nb.cells[-1]).splitlines() if line.startswith("PROBE "))
-    info = json.loads(probe[len("PROBE "):])
+    info = json.loads(probe[len("PROBE ") :])
     assert Path(info["prefix"]).resolve() == Path(sys.prefix).resolve(), info
     import mario_rl
 
@@ -73,9 +73,16 @@ def test_quickstart_notebook_runs(route, tmp_path, monkeypatch):
         assert "mario_rl.cli" in info["loaded"], info
     assert not (tmp_path / "mario_rl").exists()  # inside a checkout (or told where it is), nothing is cloned
 
-    for rel in ("videos/random.mp4", "videos/random.gif", "videos/trained.mp4", "videos/trained.gif",
-                "videos/4-4.mp4", "videos/4-4.gif",
-                "runs/notebook/policy.safetensors", "runs/notebook/plots/learning_curves.png"):
+    for rel in (
+        "videos/random.mp4",
+        "videos/random.gif",
+        "videos/trained.mp4",
+        "videos/trained.gif",
+        "videos/4-4.mp4",
+        "videos/4-4.gif",
+        "runs/notebook/policy.safetensors",
+        "runs/notebook/plots/learning_curves.png",
+    ):
         assert (tmp_path / rel).is_file(), f"missing {rel}"
 
     # The policy was used by hand, the stage board printed, and 4-4 played with its bundled policy.
@@ -85,7 +92,12 @@ def test_quickstart_notebook_runs(route, tmp_path, monkeypatch):
     assert "playing 4-4 with the bundled policy for 4-4" in text
 
     # The GIFs and the learning curve are shown inline as images.
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "display_data" and ("image/gif" in o["data"] or "image/png" in o["data"])]
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "display_data" and ("image/gif" in o["data"] or "image/png" in o["data"])
+    ]
     assert sum("image/gif" in o["data"] for o in images) == 3
     assert sum("image/png" in o["data"] for o in images) == 1

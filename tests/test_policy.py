@@ -1,11 +1,11 @@
 import pickle
 
+import gym_super_mario_bros
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import gym_super_mario_bros
 from mario_rl import load_policy
 from mario_rl.envs import Preprocessing, StickyButtons
 from mario_rl.errors import UserError
@@ -17,9 +17,16 @@ def write_policy(path, net_class=MarioNet, algorithm="ddqn"):
     """A policy file for 1-1 with `simple` actions and a freshly initialized (seed 0) network."""
     torch.manual_seed(0)
     net = net_class(4, 7)
-    save_policy(path, net, algorithm=algorithm, network=net_class.__name__,
-                network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
-                preprocessing=Preprocessing("simple"), stage="1-1", steps=123)
+    save_policy(
+        path,
+        net,
+        algorithm=algorithm,
+        network=net_class.__name__,
+        network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
+        preprocessing=Preprocessing("simple"),
+        stage="1-1",
+        steps=123,
+    )
     return path, net
 
 
@@ -96,8 +103,11 @@ def test_safetensors_header_lengths_that_look_like_a_pickle_still_load(tmp_path)
 
     base = int.from_bytes(write(0).read_bytes()[:8], "little")  # grows about one byte per padding character
     for first, length in ((b"\x80", 0x1F80), (b"PK", 0x4B50)):
-        path = next(p for pad in range(length - base - 16, length - base + 16)
-                    if (p := write(pad)).read_bytes()[:len(first)] == first)
+        path = next(
+            p
+            for pad in range(length - base - 16, length - base + 16)
+            if (p := write(pad)).read_bytes()[: len(first)] == first
+        )
         tensors, meta = load_tensors(path)
         assert torch.equal(tensors["w"], torch.arange(3.0)) and meta["pad"].startswith("x")
 
@@ -138,9 +148,17 @@ def test_sampling_policy_is_seeded_and_greedy_is_not_random(tmp_path):
 
     net = ActorCritic(in_channels=4, n_actions=12, frame_size=84)
     path = tmp_path / "p.safetensors"
-    save_policy(path, net, algorithm="ppo", network="ActorCritic",
-                network_kwargs={"in_channels": 4, "n_actions": 12, "frame_size": 84},
-                preprocessing=Preprocessing("complex"), stage="1-1", steps=0, extra={"act": "sample"})
+    save_policy(
+        path,
+        net,
+        algorithm="ppo",
+        network="ActorCritic",
+        network_kwargs={"in_channels": 4, "n_actions": 12, "frame_size": 84},
+        preprocessing=Preprocessing("complex"),
+        stage="1-1",
+        steps=0,
+        extra={"act": "sample"},
+    )
     obs = np.zeros((4, 84, 84), np.uint8)
     p = load_policy(path)
     assert p.mode == "sample"
@@ -167,10 +185,17 @@ def test_sampling_temperature_sharpens_towards_greedy(tmp_path):
     with torch.no_grad():
         net.policy.weight.mul_(300.0)  # logits a few units apart, so that the temperature matters
     path = tmp_path / "p.safetensors"
-    save_policy(path, net, algorithm="ppo", network="ActorCritic",
-                network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
-                preprocessing=Preprocessing("simple"), stage="1-1", steps=0,
-                extra={"act": "sample", "temperature": 0.01})
+    save_policy(
+        path,
+        net,
+        algorithm="ppo",
+        network="ActorCritic",
+        network_kwargs={"in_channels": 4, "n_actions": 7, "frame_size": 84},
+        preprocessing=Preprocessing("simple"),
+        stage="1-1",
+        steps=0,
+        extra={"act": "sample", "temperature": 0.01},
+    )
     obs = np.random.default_rng(0).integers(0, 256, (4, 84, 84), dtype=np.uint8)
     greedy = load_policy(path, "greedy").act(obs)
     cold = load_policy(path)  # the file's temperature, 0.01
@@ -206,7 +231,7 @@ def test_bundle_policy_writes_how_to_play_it(policy_file, tmp_path):
     assert not (tmp_path / "models" / "1-2.safetensors").exists()
 
 
-@pytest.mark.parametrize("path", sorted((REPO_MODELS.glob("*.safetensors"))), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(REPO_MODELS.glob("*.safetensors")), ids=lambda p: p.stem)
 def test_bundled_policies_load_by_stage_name(path):
     """Every file in models/ is a policy for the stage it is named after, small enough to ship."""
     assert path.stat().st_size <= MAX_BUNDLED_BYTES
@@ -218,6 +243,7 @@ def test_bundled_policies_load_by_stage_name(path):
     env.close()
 
 
+@pytest.mark.slow
 def test_evaluate_from_a_frame_of_the_demonstration_starts_every_episode_there():
     """`eval --demo --from-frame`: the bundled 1-1 policy, started 80 frames before the demonstration's flag
     frame, reaches the flag within a few dozen agent steps; from the stage's start it takes about 280."""

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from mario_rl import make_vec_env
-from mario_rl.envs import finished_episodes
 from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss, truncation_bonus
+from mario_rl.envs import finished_episodes
 from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
+
+from conftest import run_cli
 
 
 def test_gae_by_hand():
@@ -25,8 +26,9 @@ def test_gae_by_hand():
     adv, _ = gae(rewards, values, dones, torch.tensor([2.0]), torch.tensor([0.0]), gamma=0.9, lam=0.8)
     assert torch.allclose(adv[:, 0], torch.tensor([3.416, 2.8]))
     # A new episode starts at t=1: step 0 neither bootstraps nor sees step 1's advantage.
-    adv, _ = gae(rewards, values, torch.tensor([[0.0], [1.0]]), torch.tensor([2.0]), torch.tensor([0.0]),
-                 gamma=0.9, lam=0.8)
+    adv, _ = gae(
+        rewards, values, torch.tensor([[0.0], [1.0]]), torch.tensor([2.0]), torch.tensor([0.0]), gamma=0.9, lam=0.8
+    )
     assert adv[0, 0].item() == pytest.approx(0.5)
 
 
@@ -38,8 +40,9 @@ def test_truncated_episodes_bootstrap_from_their_final_value():
     rewards = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
     rewards[1] += bonus
     values = torch.full((2, 2), 0.5)
-    adv, ret = gae(rewards, values, torch.zeros(2, 2), torch.tensor([9.0, 9.0]), torch.tensor([1.0, 1.0]),
-                   gamma=0.9, lam=1.0)
+    adv, ret = gae(
+        rewards, values, torch.zeros(2, 2), torch.tensor([9.0, 9.0]), torch.tensor([1.0, 1.0]), gamma=0.9, lam=1.0
+    )
     # Truncated: returns 2.8 = 1 + 0.9 x 2 and 3.52 = 1 + 0.9 x 2.8; advantages 2.3 and 3.02.
     assert torch.allclose(ret[:, 0], torch.tensor([3.52, 2.8])) and torch.allclose(adv[:, 0], torch.tensor([3.02, 2.3]))
     # Terminated: the episode's value ends with it, 1 and 1.9.
@@ -53,7 +56,8 @@ def test_clipped_loss_by_hand():
     # ratio 1.5 with A=+1 is clipped to 1.2 -> -1.2; ratio 0.5 with A=-1: max(0.5, 0.8) = 0.8
     assert ppo_loss(new, old, adv, 0.2).item() == pytest.approx((-1.2 + 0.8) / 2)
     # Inside the clip range it is the plain surrogate.
-    assert ppo_loss(torch.log(torch.tensor([1.1])), torch.zeros(1), torch.tensor([2.0]), 0.2).item() == pytest.approx(-2.2)
+    loss = ppo_loss(torch.log(torch.tensor([1.1])), torch.zeros(1), torch.tensor([2.0]), 0.2)
+    assert loss.item() == pytest.approx(-2.2)
 
 
 def test_micro_batches_give_the_minibatch_gradient():
@@ -62,8 +66,14 @@ def test_micro_batches_give_the_minibatch_gradient():
     torch.manual_seed(0)
     agent = ActorCritic(in_channels=4, n_actions=7, frame_size=84)
     n = 40
-    batch = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 7, (n,)),
-             -2 + 0.1 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(n), torch.randn(n))
+    batch = (
+        torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8),
+        torch.randint(0, 7, (n,)),
+        -2 + 0.1 * torch.randn(n),
+        0.1 * torch.randn(n),
+        torch.randn(n),
+        torch.randn(n),
+    )
 
     def grads(micro_batch):
         agent.zero_grad()
@@ -82,8 +92,14 @@ def test_bf16_convolutions_keep_the_float32_gradient():
     torch.manual_seed(0)
     agent = ActorCritic()
     n = 64
-    batch = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 7, (n,)),
-             -2 + 0.1 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(n), torch.randn(n))
+    batch = (
+        torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8),
+        torch.randint(0, 7, (n,)),
+        -2 + 0.1 * torch.randn(n),
+        0.1 * torch.randn(n),
+        torch.randn(n),
+        torch.randn(n),
+    )
 
     def grad(bf16):
         agent.zero_grad()
@@ -123,6 +139,7 @@ def test_vector_env_shapes_autoreset_and_statistics():
         envs.close()
 
 
+@pytest.mark.slow
 def test_grouped_vector_env_matches_one_process_per_env():
     """Envs grouped two to a process, or stepped in two parts, step exactly as envs one to a process
     (no sticky actions: deterministic)."""
@@ -149,9 +166,13 @@ def test_grouped_vector_env_matches_one_process_per_env():
                 parted.step_part_async(0, actions[:2])
                 c1, c0 = parted.step_part_wait(1), parted.step_part_wait(0)
                 assert len(c0[0]) == 2 and c0[4]["x_pos"].shape == (2,)
-                c = (*(np.concatenate([x, y]) for x, y in zip(c0[:4], c1[:4])),
-                     {"x_pos": np.concatenate([c0[4]["x_pos"], c1[4]["x_pos"]]),
-                      "eps": finished_episodes(c0[4]) + [(i + 2, ep) for i, ep in finished_episodes(c1[4])]})
+                c = (
+                    *(np.concatenate([x, y]) for x, y in zip(c0[:4], c1[:4])),
+                    {
+                        "x_pos": np.concatenate([c0[4]["x_pos"], c1[4]["x_pos"]]),
+                        "eps": finished_episodes(c0[4]) + [(i + 2, ep) for i, ep in finished_episodes(c1[4])],
+                    },
+                )
             for x, y, z in zip(a[:4], b[:4], c[:4]):
                 assert np.array_equal(x, y) and np.array_equal(x, z)
             assert np.array_equal(a[4]["x_pos"], b[4]["x_pos"]) and np.array_equal(a[4]["x_pos"], c[4]["x_pos"])
@@ -178,10 +199,27 @@ def test_ppo_config_checks():
         PPOConfig(envs=0).validate()
 
 
+@pytest.mark.slow
 def test_tiny_ppo_training_through_the_cli(tmp_path):
     run_dir = tmp_path / "ppo"
-    proc = run_cli("train", "1-1", "--algo", "ppo", "--envs", 2, "--num-steps", 32, "--steps", 256,
-                   "--checkpoint-every", 128, "--video-steps", 20, "--run-dir", run_dir)
+    proc = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        256,
+        "--checkpoint-every",
+        128,
+        "--video-steps",
+        20,
+        "--run-dir",
+        run_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "trained 256 agent steps" in proc.stdout
     for name in ("checkpoint.safetensors", "policy.safetensors", "config.json", "episodes.csv"):
@@ -201,8 +239,21 @@ def test_tiny_ppo_training_through_the_cli(tmp_path):
     for bad in ("actions=complex", "no_such=1", "ent_coef=much", "ent_coef"):
         proc = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--resume-set", bad)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--resume-set" in proc.stderr, proc.stderr
-    resumed = run_cli("train", "1-1", "--algo", "ppo", "--run-dir", run_dir, "--resume", "--steps", 320,
-                      "--ent-coef", 0.5, "--resume-set", "ent_coef=0.02")
+    resumed = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--run-dir",
+        run_dir,
+        "--resume",
+        "--steps",
+        320,
+        "--ent-coef",
+        0.5,
+        "--resume-set",
+        "ent_coef=0.02",
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "trained 64 agent steps" in resumed.stdout
     # --resume-set changes a setting; a plain flag (--ent-coef) does not, on a resume.

@@ -2,11 +2,13 @@
 
 import json
 
-from conftest import run_cli
+import pytest
 from test_cli import assert_one_line_error
 
 from mario_rl.report import run_report
 from mario_rl.training import EPISODE_FIELDS
+
+from conftest import run_cli
 
 
 def write_csv(path, rows, fields=EPISODE_FIELDS):
@@ -18,12 +20,12 @@ def write_csv(path, rows, fields=EPISODE_FIELDS):
 
 def test_report_counts_clears_from_real_resets_only(tmp_path):
     rows = [
-        {"step": 100, "x": 3000, "flag": 1, "start": 0},      # reset, cleared
-        {"step": 200, "x": 950, "flag": 0, "start": 0},       # reset, died at 950
-        {"step": 300, "x": 3000, "flag": 1, "start": 1600},   # demonstration start: not a reset clear
-        {"step": 400, "x": 1640, "flag": 0, "start": -1},     # retry: not a reset death
-        {"step": 500, "x": 1700, "flag": 0, "start": 1900},   # demonstration start, failed
-        {"step": 1100, "x": 1650, "flag": 0, "start": 0},     # next block
+        {"step": 100, "x": 3000, "flag": 1, "start": 0},  # reset, cleared
+        {"step": 200, "x": 950, "flag": 0, "start": 0},  # reset, died at 950
+        {"step": 300, "x": 3000, "flag": 1, "start": 1600},  # demonstration start: not a reset clear
+        {"step": 400, "x": 1640, "flag": 0, "start": -1},  # retry: not a reset death
+        {"step": 500, "x": 1700, "flag": 0, "start": 1900},  # demonstration start, failed
+        {"step": 1100, "x": 1650, "flag": 0, "start": 0},  # next block
         {"step": 1200, "x": 1601, "flag": 0, "start": 0},
         {"step": 1300, "x": 980, "flag": 0, "start": 0},
         {"step": 1400, "x": 3000, "flag": 1, "start": 0},
@@ -39,8 +41,12 @@ def test_report_counts_clears_from_real_resets_only(tmp_path):
     assert (r["total"]["resets"], r["total"]["reset_clears"]) == (6, 2)
     # Demonstration starts by start frame (bins of 400): 1600 cleared, 1900 did not; both in 1600-1999.
     assert r["from_demo"] == [{"from_frame": 1600, "episodes": 2, "clears": 1, "clear_rate": 0.5}]
-    assert run_report(tmp_path, frames=100)["from_demo"][1] == {"from_frame": 1900, "episodes": 1, "clears": 0,
-                                                                 "clear_rate": 0.0}
+    assert run_report(tmp_path, frames=100)["from_demo"][1] == {
+        "from_frame": 1900,
+        "episodes": 1,
+        "clears": 0,
+        "clear_rate": 0.0,
+    }
     later = run_report(tmp_path / "episodes.csv", block=1000, since=1000)
     assert [b["from"] for b in later["blocks"]] == [1000] and later["total"]["episodes"] == 4
     assert later["from_demo"] == []
@@ -48,15 +54,19 @@ def test_report_counts_clears_from_real_resets_only(tmp_path):
 
 def test_report_without_a_start_column_counts_every_episode_as_a_reset(tmp_path):
     fields = [f for f in EPISODE_FIELDS if f != "start"]  # runs without a demonstration, or older ones
-    write_csv(tmp_path / "episodes.csv", [{"step": 10, "x": 400, "flag": 0}, {"step": 20, "x": 3100, "flag": 1}],
-              fields)
+    write_csv(
+        tmp_path / "episodes.csv", [{"step": 10, "x": 400, "flag": 0}, {"step": 20, "x": 3100, "flag": 1}], fields
+    )
     t = run_report(tmp_path)["total"]
     assert (t["resets"], t["reset_clears"], t["died_at"]) == (2, 1, [(400, 1, 1.0)])
 
 
+@pytest.mark.slow
 def test_report_cli_prints_a_table_json_and_one_line_errors(tmp_path):
-    write_csv(tmp_path / "episodes.csv", [{"step": 10, "x": 950, "flag": 0, "start": 0},
-                                          {"step": 20, "x": 3000, "flag": 1, "start": 0}])
+    write_csv(
+        tmp_path / "episodes.csv",
+        [{"step": 10, "x": 950, "flag": 0, "start": 0}, {"step": 20, "x": 3000, "flag": 1, "start": 0}],
+    )
     proc = run_cli("report", tmp_path, "--block", "1000")
     assert proc.returncode == 0, proc.stderr
     assert "1/2" in proc.stdout and "0.50" in proc.stdout and "900-999 100%" in proc.stdout

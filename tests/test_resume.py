@@ -7,16 +7,40 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from mario_rl.storage import load_tensors
+
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     every = 150
-    cmd = [sys.executable, "-m", "mario_rl.cli", "train", "1-1", "--algo", "ddqn", "--steps", "100000",
-           "--burnin", "100", "--batch-size", "8", "--memory-size", "3000",
-           "--checkpoint-every", str(every), "--video-steps", "0", "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mario_rl.cli",
+        "train",
+        "1-1",
+        "--algo",
+        "ddqn",
+        "--steps",
+        "100000",
+        "--burnin",
+        "100",
+        "--batch-size",
+        "8",
+        "--memory-size",
+        "3000",
+        "--checkpoint-every",
+        str(every),
+        "--video-steps",
+        "0",
+        "--run-dir",
+        str(run_dir),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = run_dir / "checkpoint.safetensors"
     deadline = time.monotonic() + 300

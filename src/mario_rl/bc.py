@@ -51,20 +51,38 @@ def demo_labels(demo: dict, actions: str, frame_skip: int = 4) -> list[int]:
     for t in range(0, len(frames), frame_skip):
         b = frames[t]
         if b not in index:
-            raise UserError(f"the demonstration presses byte {b} at frame {t}, which is not in the {actions!r} "
-                            "action set: clone it with the action set it was explored with")
+            raise UserError(
+                f"the demonstration presses byte {b} at frame {t}, which is not in the {actions!r} "
+                "action set: clone it with the action set it was explored with"
+            )
         labels.append(index[b])
     return labels
 
 
-def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 16, passes: int = 2,
-                 gamma: float = 0.9, reward_scale: float = 0.05, seed: int = 0) -> CloneData:
+def demo_dataset(
+    demo: dict,
+    actions: str,
+    *,
+    sticky: float = 0.25,
+    span: int = 16,
+    passes: int = 2,
+    gamma: float = 0.9,
+    reward_scale: float = 0.05,
+    seed: int = 0,
+) -> CloneData:
     """Observations along the demonstration with its actions as labels: the demonstration itself replayed
     through the policy's preprocessing, plus `passes` perturbed stretches of `span` agent steps from each of
     its start states (sticky actions `sticky`)."""
     from mario_rl.curriculum import DEMO_STRIDE
-    from mario_rl.envs import (Preprocessing, StartFrom, demo_snapshots, lean_game, make_base_env, make_env,
-                               wrap_preprocessing)
+    from mario_rl.envs import (
+        Preprocessing,
+        StartFrom,
+        demo_snapshots,
+        lean_game,
+        make_base_env,
+        make_env,
+        wrap_preprocessing,
+    )
 
     pre = Preprocessing(actions)
     labels = demo_labels(demo, actions, pre.frame_skip)
@@ -112,12 +130,24 @@ def demo_dataset(demo: dict, actions: str, *, sticky: float = 0.25, span: int = 
                 if terminated or truncated:
                     break
     env.close()
-    return CloneData(torch.from_numpy(np.stack(all_obs)), torch.tensor(all_act, dtype=torch.long),
-                     torch.tensor(np.asarray(all_ret, np.float32)))
+    return CloneData(
+        torch.from_numpy(np.stack(all_obs)),
+        torch.tensor(all_act, dtype=torch.long),
+        torch.tensor(np.asarray(all_ret, np.float32)),
+    )
 
 
-def clone(agent: nn.Module, data: CloneData, *, epochs: int, lr: float = 2.5e-4, batch: int = 256,
-          vf_coef: float = 0.5, label_smoothing: float = 0.1, seed: int = 0) -> list[dict]:
+def clone(
+    agent: nn.Module,
+    data: CloneData,
+    *,
+    epochs: int,
+    lr: float = 2.5e-4,
+    batch: int = 256,
+    vf_coef: float = 0.5,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+) -> list[dict]:
     """Fit an ActorCritic's policy head to the labels (cross-entropy) and its value head to the returns;
     one {"policy_loss", "value_loss", "accuracy"} per epoch. Label smoothing keeps some probability on
     every action: PPO explores by sampling, and a network sure of one noisy demonstration would not."""
@@ -138,6 +168,7 @@ def clone(agent: nn.Module, data: CloneData, *, epochs: int, lr: float = 2.5e-4,
             with torch.no_grad():
                 hits = (logits.argmax(1) == data.actions[idx]).float().sum()
             sums += torch.stack([pi_loss.detach() * len(idx), v_loss.detach() * len(idx), hits])
-        history.append({"policy_loss": float(sums[0] / n), "value_loss": float(sums[1] / n),
-                        "accuracy": float(sums[2] / n)})
+        history.append(
+            {"policy_loss": float(sums[0] / n), "value_loss": float(sums[1] / n), "accuracy": float(sums[2] / n)}
+        )
     return history

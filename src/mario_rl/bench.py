@@ -35,7 +35,7 @@ def _gameplay_frames(env, seconds: float, buttons: np.ndarray) -> int:
     """Advance `env` (a raw SuperMarioBrosEnv) for `seconds`; return the frames played."""
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for b in buttons[(n // 4) % len(buttons):][:64]:
+        for b in buttons[(n // 4) % len(buttons) :][:64]:
             for _ in range(4):
                 env._frame_advance(int(b))
             if env._is_dying or env._is_dead:
@@ -172,8 +172,16 @@ def bench_ppo(steps: int, num_envs: int, ceiling: Ceiling | None = None, turn_se
             paused += time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = PPOConfig(stage="1-1", envs=num_envs, num_steps=128, steps=steps, video_steps=0,
-                        checkpoint_every=10**12, plot_every=10**9, run_dir=Path(tmp) / "run")
+        cfg = PPOConfig(
+            stage="1-1",
+            envs=num_envs,
+            num_steps=128,
+            steps=steps,
+            video_steps=0,
+            checkpoint_every=10**12,
+            plot_every=10**9,
+            run_dir=Path(tmp) / "run",
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             train(cfg, after_update=after_update)
     if len(marks) < 2:
@@ -206,8 +214,13 @@ def replay_bytes_per_transition(capacity: int = 100_000) -> dict:
     ours = FrameReplay(capacity).nbytes / capacity
     # The tutorial: state and next_state as float32 4x84x84 tensors, plus three 1-element tensors.
     tutorial = 2 * 4 * 84 * 84 * 4 + 3 * 8
-    return {"ours": ours, "tutorial": tutorial, "capacity": capacity,
-            "ours_total_gb": ours * capacity / 1e9, "tutorial_total_gb": tutorial * capacity / 1e9}
+    return {
+        "ours": ours,
+        "tutorial": tutorial,
+        "capacity": capacity,
+        "ours_total_gb": ours * capacity / 1e9,
+        "tutorial_total_gb": tutorial * capacity / 1e9,
+    }
 
 
 def _timed(cmd: list[str], loop_pattern: str) -> tuple[float, float]:
@@ -225,20 +238,52 @@ def bench_training(steps: int, burnin: int) -> dict:
     """Whole-process agent steps/s: `mario-rl train` against the tutorial's loop."""
     with tempfile.TemporaryDirectory() as tmp:
         ours, ours_loop = _timed(
-            [sys.executable, "-m", "mario_rl.cli", "train", "1-1", "--algo", "ddqn", "--steps", str(steps),
-             "--burnin", str(burnin), "--video-steps", "0", "--run-dir", f"{tmp}/run"],
-            r"trained [\d,]+ agent steps in [\d.]+ s \(([\d.]+) steps/s\)")
+            [
+                sys.executable,
+                "-m",
+                "mario_rl.cli",
+                "train",
+                "1-1",
+                "--algo",
+                "ddqn",
+                "--steps",
+                str(steps),
+                "--burnin",
+                str(burnin),
+                "--video-steps",
+                "0",
+                "--run-dir",
+                f"{tmp}/run",
+            ],
+            r"trained [\d,]+ agent steps in [\d.]+ s \(([\d.]+) steps/s\)",
+        )
     tutorial, tutorial_loop = _timed(
         [sys.executable, "-m", "mario_rl.tutorial", "--steps", str(steps), "--burnin", str(burnin)],
-        r"tutorial loop: .*, ([\d.]+) steps/s")
-    return {"steps": steps, "burnin": burnin, "ours_seconds": ours, "tutorial_seconds": tutorial,
-            "ours_steps_per_s": steps / ours, "tutorial_steps_per_s": steps / tutorial,
-            "speedup": tutorial / ours, "ours_loop_steps_per_s": ours_loop,
-            "tutorial_loop_steps_per_s": tutorial_loop, "loop_speedup": ours_loop / tutorial_loop}
+        r"tutorial loop: .*, ([\d.]+) steps/s",
+    )
+    return {
+        "steps": steps,
+        "burnin": burnin,
+        "ours_seconds": ours,
+        "tutorial_seconds": tutorial,
+        "ours_steps_per_s": steps / ours,
+        "tutorial_steps_per_s": steps / tutorial,
+        "speedup": tutorial / ours,
+        "ours_loop_steps_per_s": ours_loop,
+        "tutorial_loop_steps_per_s": tutorial_loop,
+        "loop_speedup": ours_loop / tutorial_loop,
+    }
 
 
-def run_bench(seconds: float = 20.0, tutorial: bool = True, train_steps: int = 3000, burnin: int = 1000,
-              vec_envs: int = 16, ppo_steps: int = 10240, echo: Callable[[str], None] | None = print) -> dict:
+def run_bench(
+    seconds: float = 20.0,
+    tutorial: bool = True,
+    train_steps: int = 3000,
+    burnin: int = 1000,
+    vec_envs: int = 16,
+    ppo_steps: int = 10240,
+    echo: Callable[[str], None] | None = print,
+) -> dict:
     say = echo or (lambda s: None)
     report: dict = {"seconds": seconds}
     say(f"raw emulator ({seconds:.0f} s) ...")
@@ -251,8 +296,10 @@ def run_bench(seconds: float = 20.0, tutorial: bool = True, train_steps: int = 3
     report["cores"] = cores
     ceiling = Ceiling(cores)
     try:
-        say(f"vector env, {vec_envs} envs, in turns with the raw emulator, one process per core ({cores}), "
-            f"{2 * seconds:.0f} s ...")
+        say(
+            f"vector env, {vec_envs} envs, in turns with the raw emulator, one process per core ({cores}), "
+            f"{2 * seconds:.0f} s ..."
+        )
         report["vec_envs"] = vec_envs
         report["vec_env_steps_per_s"] = bench_vec_env(seconds, vec_envs, ceiling)
         report["emulator_fps_all_cores"] = ceiling.fps
@@ -276,21 +323,33 @@ def run_bench(seconds: float = 20.0, tutorial: bool = True, train_steps: int = 3
 def format_report(r: dict) -> str:
     lines = [
         "mario_rl bench (one process, this machine)",
-        f"  raw emulator            {r['emulator_fps']:8.0f} frames/s  -> ceiling {r['ceiling_steps_per_s']:.0f} agent steps/s at skip 4",
-        f"  env pipeline            {r['env_steps_per_s']:8.1f} agent steps/s  ({r['env_fraction_of_ceiling']:.2f} of the ceiling)",
-        f"  raw emulator, {r['cores']} procs   {r['emulator_fps_all_cores']:8.0f} frames/s  -> ceiling {r['ceiling_all_cores_steps_per_s']:.0f} agent steps/s",
-        f"  vector env ({r['vec_envs']} envs)     {r['vec_env_steps_per_s']:8.1f} agent steps/s  ({r['vec_env_fraction_of_ceiling']:.2f} of the all-core ceiling)",
-        *([f"  PPO training            {r['ppo_steps_per_s']:8.1f} agent steps/s  ({r['ppo_fraction_of_ceiling']:.2f} of the all-core ceiling, "
-            f"{r['ppo_ceiling_steps_per_s']:.0f} steps/s in its turns)"]
-          if "ppo_steps_per_s" in r else []),
+        f"  raw emulator            {r['emulator_fps']:8.0f} frames/s  "
+        f"-> ceiling {r['ceiling_steps_per_s']:.0f} agent steps/s at skip 4",
+        f"  env pipeline            {r['env_steps_per_s']:8.1f} agent steps/s  "
+        f"({r['env_fraction_of_ceiling']:.2f} of the ceiling)",
+        f"  raw emulator, {r['cores']} procs   {r['emulator_fps_all_cores']:8.0f} frames/s  "
+        f"-> ceiling {r['ceiling_all_cores_steps_per_s']:.0f} agent steps/s",
+        f"  vector env ({r['vec_envs']} envs)     {r['vec_env_steps_per_s']:8.1f} agent steps/s  "
+        f"({r['vec_env_fraction_of_ceiling']:.2f} of the all-core ceiling)",
+        *(
+            [
+                f"  PPO training            {r['ppo_steps_per_s']:8.1f} agent steps/s  "
+                f"({r['ppo_fraction_of_ceiling']:.2f} of the all-core ceiling, "
+                f"{r['ppo_ceiling_steps_per_s']:.0f} steps/s in its turns)"
+            ]
+            if "ppo_steps_per_s" in r
+            else []
+        ),
         f"  replay per transition   {r['replay']['ours']:8.0f} bytes  (tutorial {r['replay']['tutorial']:,} bytes; "
         f"100k transitions: {r['replay']['ours_total_gb']:.2f} GB vs {r['replay']['tutorial_total_gb']:.1f} GB)",
     ]
     if "training" in r:
         t = r["training"]
         lines += [
-            f"  DDQN training           {t['ours_steps_per_s']:8.1f} agent steps/s  (whole process: {t['steps']} steps, burn-in {t['burnin']}, {t['ours_seconds']:.1f} s)",
-            f"  tutorial's loop         {t['tutorial_steps_per_s']:8.1f} agent steps/s  (same steps, {t['tutorial_seconds']:.1f} s)",
+            f"  DDQN training           {t['ours_steps_per_s']:8.1f} agent steps/s  "
+            f"(whole process: {t['steps']} steps, burn-in {t['burnin']}, {t['ours_seconds']:.1f} s)",
+            f"  tutorial's loop         {t['tutorial_steps_per_s']:8.1f} agent steps/s  "
+            f"(same steps, {t['tutorial_seconds']:.1f} s)",
             f"  speed-up                {t['speedup']:8.2f}x whole process; "
             f"{t['loop_speedup']:.2f}x training loops alone ({t['ours_loop_steps_per_s']:.1f} vs "
             f"{t['tutorial_loop_steps_per_s']:.1f} steps/s, start-up and final saves left out)",

@@ -46,12 +46,19 @@ HUD_ROWS = 32
 COLLECT_EVERY = 8
 """Keep every 8th emulator frame while the run plays: a time-lapse needs no more, and 8-4's 7,500 frames
 then take 40 MB of memory rather than 300."""
-STATUS_COLOURS = {"not started": ("#eceff1", "#607d8b"), "explored": ("#fff4d6", "#b7791f"),
-                  "training": ("#e3efff", "#2b6cb0"), "cleared": ("#e3f6e8", "#237a3b")}
+STATUS_COLOURS = {
+    "not started": ("#eceff1", "#607d8b"),
+    "explored": ("#fff4d6", "#b7791f"),
+    "training": ("#e3efff", "#2b6cb0"),
+    "cleared": ("#e3f6e8", "#237a3b"),
+}
 """Cell background and accent per status; the status is always written out too, not shown by colour alone."""
-STATUS_MEANING = {"not started": "nothing yet", "explored": "a demonstration exists, no policy trained",
-                  "training": "a policy is training or does not yet pass the protocol",
-                  "cleared": "the bundled policy passes the protocol"}
+STATUS_MEANING = {
+    "not started": "nothing yet",
+    "explored": "a demonstration exists, no policy trained",
+    "training": "a policy is training or does not yet pass the protocol",
+    "cleared": "the bundled policy passes the protocol",
+}
 
 
 @dataclass
@@ -95,6 +102,7 @@ class BoardConfig:
 
 
 # --- what each stage shows ------------------------------------------------------------------------------
+
 
 def stage_files(stage: str, entry: dict, cfg: BoardConfig) -> dict:
     """The stage's policy and demonstration files, looked up in cfg's folders, and what is wrong with them."""
@@ -146,6 +154,7 @@ def seeds_text(seeds) -> str:
 
 # --- previews --------------------------------------------------------------------------------------------
 
+
 class _Frames:
     """A frame sink: every frame to the MP4, every COLLECT_EVERY-th one, downscaled, kept for the GIF."""
 
@@ -176,8 +185,10 @@ def _write_gif(path: Path, frames: list[np.ndarray]) -> None:
 
     pick = np.unique(np.linspace(0, len(frames) - 1, min(GIF_FRAMES, len(frames))).round().astype(int))
     durations = [GIF_FRAME_MS] * (len(pick) - 1) + [HOLD_MS]  # hold the end: the flag, or where it stopped
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack([frames[i] for i in pick]), extension=".gif",
-                                               duration=durations, loop=0))
+    atomic_write(
+        path,
+        lambda tmp: iio.imwrite(tmp, np.stack([frames[i] for i in pick]), extension=".gif", duration=durations, loop=0),
+    )
 
 
 def play_preview(stage: str, source: str, path: Path, media: Path, cfg: BoardConfig) -> dict:
@@ -190,13 +201,14 @@ def play_preview(stage: str, source: str, path: Path, media: Path, cfg: BoardCon
     sink = _Frames(recorder, cfg.width)
     try:
         if source == "policy":
-            from mario_rl.evaluate import PROTOCOL, run_episode
             from mario_rl.envs import make_base_env
+            from mario_rl.evaluate import PROTOCOL, run_episode
             from mario_rl.policy import load_policy
 
             policy = load_policy(path)
-            env = policy.wrap(make_base_env(stage, sticky=PROTOCOL["sticky"], noop_max=PROTOCOL["noop_max"],
-                                            frame_sink=sink))
+            env = policy.wrap(
+                make_base_env(stage, sticky=PROTOCOL["sticky"], noop_max=PROTOCOL["noop_max"], frame_sink=sink)
+            )
             episodes, cut = [], False
             for seed in range(cfg.seed, cfg.seed + cfg.tries):
                 # max_frames bounds all the episodes together; an agent step is frame_skip frames
@@ -210,8 +222,15 @@ def play_preview(stage: str, source: str, path: Path, media: Path, cfg: BoardCon
                 if r["cleared"] or cut:
                     break
             env.close()
-            result = {"cleared": episodes[-1]["cleared"], "x": episodes[-1]["x"], "cut": cut, "episodes": episodes,
-                      "tries": cfg.tries, "mode": policy.mode, "temperature": policy.temperature}
+            result = {
+                "cleared": episodes[-1]["cleared"],
+                "x": episodes[-1]["x"],
+                "cut": cut,
+                "episodes": episodes,
+                "tries": cfg.tries,
+                "mode": policy.mode,
+                "temperature": policy.temperature,
+            }
         else:
             from mario_rl.explore import load_demo, replay
 
@@ -219,7 +238,7 @@ def play_preview(stage: str, source: str, path: Path, media: Path, cfg: BoardCon
             if demo["stage"] != stage:
                 raise UserError(f"{path}: a demonstration of stage {demo['stage']}, not {stage}")
             cut = len(demo["frames"]) > cfg.max_frames
-            r = replay({**demo, "frames": demo["frames"][:cfg.max_frames]}, frame_sink=sink)
+            r = replay({**demo, "frames": demo["frames"][: cfg.max_frames]}, frame_sink=sink)
             result = {"cleared": r["flag"], "x": r["x"], "cut": cut, "of": len(demo["frames"])}
     except BaseException:
         recorder.abort()
@@ -236,8 +255,14 @@ def preview(stage: str, files: dict, media: Path, cfg: BoardConfig, make: bool =
     if source is None:
         return None
     path = files[source]
-    key = {"version": PREVIEW_VERSION, "source": source, "sha256": file_sha256(path), "max_frames": cfg.max_frames,
-           "width": cfg.width, "seeds": [cfg.seed, cfg.tries] if source == "policy" else None}
+    key = {
+        "version": PREVIEW_VERSION,
+        "source": source,
+        "sha256": file_sha256(path),
+        "max_frames": cfg.max_frames,
+        "width": cfg.width,
+        "seeds": [cfg.seed, cfg.tries] if source == "policy" else None,
+    }
     sidecar = media / f"{stage}.json"
     try:
         cached = json.loads(sidecar.read_text())
@@ -290,7 +315,8 @@ table.grid{border-collapse:separate;border-spacing:8px 6px;width:100%;table-layo
 .thumb{flex:none;width:128px;display:flex;flex-direction:column;gap:2px}
 .thumb img{width:128px;height:104px;object-fit:cover;object-position:bottom;image-rendering:pixelated;
            border-radius:3px;display:block;background:#000}
-.thumb .none{width:128px;height:104px;border-radius:3px;background:repeating-linear-gradient(45deg,#0000 0 6px,#0001 6px 12px);
+.thumb .none{width:128px;height:104px;border-radius:3px;
+             background:repeating-linear-gradient(45deg,#0000 0 6px,#0001 6px 12px);
              display:flex;align-items:center;justify-content:center;font-size:11px;color:#7b8794;text-align:center}
 .label{font-size:10.5px;line-height:12px;color:#52606d;max-height:24px;overflow:hidden}
 .label.demo{color:#9a5b00;font-weight:600}
@@ -321,10 +347,12 @@ footer{margin-top:18px;font-size:12px;color:#7b8794}
 
 
 def _page(title: str, body: str, css_class: str = "") -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{CSS}</style></head>\n"
-            f'<body><main class="{css_class}">\n{body}\n</main></body></html>\n')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style></head>\n"
+        f'<body><main class="{css_class}">\n{body}\n</main></body></html>\n'
+    )
 
 
 def _rate_html(protocol: dict | None) -> tuple[str, str]:
@@ -343,6 +371,7 @@ def goal(stage: str) -> str:
 
 def _preview_label(stage: str, result: dict, entry: dict) -> tuple[str, str]:
     """The caption under a preview and its CSS class: a demonstration is always called one."""
+
     def end(r: dict) -> str:
         return goal(stage) if r["cleared"] else f"x {r['x']:,}" + (" (cut)" if r.get("cut") else "")
 
@@ -354,8 +383,14 @@ def _preview_label(stage: str, result: dict, entry: dict) -> tuple[str, str]:
         return f"{who}, seed {runs[0]['seed']} → {end(result)}", "label"
     if result["cleared"]:
         failed = len(runs) - 1
-        return f"{who}, seed {runs[-1]['seed']} → {goal(stage)}, after {failed} failed episode{'s' * (failed > 1)}", "label"
-    return f"{who}, seeds {runs[0]['seed']}–{runs[-1]['seed']} → no clear, best x {max(r['x'] for r in runs):,}", "label"
+        return (
+            f"{who}, seed {runs[-1]['seed']} → {goal(stage)}, after {failed} failed episode{'s' * (failed > 1)}",
+            "label",
+        )
+    return (
+        f"{who}, seeds {runs[0]['seed']}–{runs[-1]['seed']} → no clear, best x {max(r['x'] for r in runs):,}",
+        "label",
+    )
 
 
 def cell_html(stage: str, entry: dict, files: dict, result: dict | None) -> str:
@@ -364,13 +399,14 @@ def cell_html(stage: str, entry: dict, files: dict, result: dict | None) -> str:
     share = progress(entry)
     if result is not None:
         text, cls = _preview_label(stage, result, entry)
-        thumb = (f'<img src="media/{stage}.gif" alt="{html.escape(text)}" width="128">'
-                 f'<div class="{cls}" title="{html.escape(text)}">{html.escape(text)}</div>')
+        thumb = (
+            f'<img src="media/{stage}.gif" alt="{html.escape(text)}" width="128">'
+            f'<div class="{cls}" title="{html.escape(text)}">{html.escape(text)}</div>'
+        )
     else:
         why = "no policy or demonstration yet" if not (files["policy"] or files["demo"]) else "no preview built"
         thumb = f'<div class="none">{why}</div>'
-    lines = [f'<div class="name">{stage}</div>',
-             f'<div class="status" style="color:{accent}">{entry["status"]}</div>']
+    lines = [f'<div class="name">{stage}</div>', f'<div class="status" style="color:{accent}">{entry["status"]}</div>']
     if rate:
         title = "clear rate over the protocol episodes, with its 95% Wilson interval"
         lines += [f'<div class="rate" title="{title}">{rate}</div>', f'<div class="ci" title="{title}">{ci}</div>']
@@ -380,24 +416,35 @@ def cell_html(stage: str, entry: dict, files: dict, result: dict | None) -> str:
         lines.append(f'<div class="pct">progress {100 * share:.0f}%</div>')
     elif entry["status"] != "not started":
         lines.append('<div class="pct">no policy yet</div>')
-    lines.append(f'<div class="bar" title="progress {100 * share:.0f}%"><span style="width:{100 * share:.1f}%;'
-                 f'background:{accent}"></span></div>')
-    return (f'<a class="cell" id="stage-{stage}" data-stage="{stage}" data-status="{entry["status"]}" '
-            f'href="stage/{stage}.html" style="background:{bg};border-color:{accent}">'
-            f'<div class="thumb">{thumb}</div><div class="info">{"".join(lines)}</div></a>')
+    lines.append(
+        f'<div class="bar" title="progress {100 * share:.0f}%"><span style="width:{100 * share:.1f}%;'
+        f'background:{accent}"></span></div>'
+    )
+    return (
+        f'<a class="cell" id="stage-{stage}" data-stage="{stage}" data-status="{entry["status"]}" '
+        f'href="stage/{stage}.html" style="background:{bg};border-color:{accent}">'
+        f'<div class="thumb">{thumb}</div><div class="info">{"".join(lines)}</div></a>'
+    )
 
 
 def index_html(reg: dict, cells: dict[str, str], built: str) -> str:
     counts = {s: sum(e["status"] == s for e in reg["stages"].values()) for s in STATUSES}
     legend = "".join(
         f'<li><span class="swatch" style="background:{STATUS_COLOURS[s][0]};border-color:{STATUS_COLOURS[s][1]}">'
-        f'</span><b>{s}</b> ({counts[s]}): {STATUS_MEANING[s]}</li>' for s in STATUSES)
+        f"</span><b>{s}</b> ({counts[s]}): {STATUS_MEANING[s]}</li>"
+        for s in STATUSES
+    )
     head = "".join(f"<th>stage {s}</th>" for s in range(1, 5))
-    rows = "".join(f'<tr><th class="world" scope="row">world {w}</th>'
-                   + "".join(f"<td>{cells[f'{w}-{s}']}</td>" for s in range(1, 5)) + "</tr>\n"
-                   for w in range(1, 9))
-    return _page("mario_rl: stage board", f"""<h1>Super Mario Bros: the stage board</h1>
-<p class="sub">{counts['cleared']} of 32 stages cleared. A stage is <b>cleared</b> when its bundled policy passes the
+    rows = "".join(
+        f'<tr><th class="world" scope="row">world {w}</th>'
+        + "".join(f"<td>{cells[f'{w}-{s}']}</td>" for s in range(1, 5))
+        + "</tr>\n"
+        for w in range(1, 9)
+    )
+    return _page(
+        "mario_rl: stage board",
+        f"""<h1>Super Mario Bros: the stage board</h1>
+<p class="sub">{counts["cleared"]} of 32 stages cleared. A stage is <b>cleared</b> when its bundled policy passes the
 evaluation protocol (sticky actions 0.25, 0..30 no-op frames, a clear rate of at least 0.9); the clear rate is
 shown with its 95% Wilson interval. <b>Progress</b> is how far along the stage the best policy gets. The preview is one
 protocol episode of the policy, or where there is none the replay of a <b>demonstration</b>: a path found with save
@@ -405,8 +452,9 @@ states, not a policy. Click a stage for its video, protocol result and learning 
 <ul class="legend">{legend}</ul>
 <table class="grid"><thead><tr><th class="world"></th>{head}</tr></thead><tbody>
 {rows}</tbody></table>
-<footer>Registry updated {html.escape(str(reg.get('updated') or 'never'))}; board built {built} by
-<code>mario-rl board</code>.</footer>""")
+<footer>Registry updated {html.escape(str(reg.get("updated") or "never"))}; board built {built} by
+<code>mario-rl board</code>.</footer>""",
+    )
 
 
 def _failure_strip(stage: str, protocol: dict, stage_x: int | None) -> str:
@@ -418,80 +466,113 @@ def _failure_strip(stage: str, protocol: dict, stage_x: int | None) -> str:
         return f"<p>{failed} failed episodes; where they ended was not recorded.</p>"
     end = max(stage_x or 0, *xs)
     ticks = "".join(f'<span class="tick" style="left:{100 * x / end:.2f}%" title="x {x:,}"></span>' for x in xs)
-    return (f'<p>Where the {failed} failed episodes ended (x, one mark each):</p>'
-            f'<div class="strip">{ticks}<span class="flag" title="{goal(stage)}"></span></div>'
-            f'<div class="axis"><span>start</span><span>{html.escape(", ".join(f"{x:,}" for x in sorted(xs)))}'
-            f'</span><span>{goal(stage) + " " + format(stage_x, ",") if stage_x else goal(stage)}</span></div>')
+    return (
+        f"<p>Where the {failed} failed episodes ended (x, one mark each):</p>"
+        f'<div class="strip">{ticks}<span class="flag" title="{goal(stage)}"></span></div>'
+        f'<div class="axis"><span>start</span><span>{html.escape(", ".join(f"{x:,}" for x in sorted(xs)))}'
+        f"</span><span>{goal(stage) + ' ' + format(stage_x, ',') if stage_x else goal(stage)}</span></div>"
+    )
 
 
 def stage_html(stage: str, entry: dict, files: dict, result: dict | None, curves: list[Path]) -> str:
     bg, accent = STATUS_COLOURS[entry["status"]]
-    parts = [f'<p><a href="../index.html">← all stages</a></p>',
-             f'<h1>Stage {stage}</h1>',
-             f'<p class="sub"><span class="status" style="color:{accent}">{entry["status"]}</span>: '
-             f'{STATUS_MEANING[entry["status"]]}. Progress {100 * progress(entry):.0f}%'
-             + (f" (best x {entry['best_x']:,} of {entry['stage_x']:,})" if entry.get("best_x") and entry.get("stage_x")
-                else "") + ".</p>"]
+    parts = [
+        '<p><a href="../index.html">← all stages</a></p>',
+        f"<h1>Stage {stage}</h1>",
+        f'<p class="sub"><span class="status" style="color:{accent}">{entry["status"]}</span>: '
+        f"{STATUS_MEANING[entry['status']]}. Progress {100 * progress(entry):.0f}%"
+        + (
+            f" (best x {entry['best_x']:,} of {entry['stage_x']:,})"
+            if entry.get("best_x") and entry.get("stage_x")
+            else ""
+        )
+        + ".</p>",
+    ]
     if files["problem"]:
         parts.append(f'<p class="warn">⚠ {html.escape(files["problem"])}</p>')
     if result is not None:
         text, cls = _preview_label(stage, result, entry)
         if result["source"] == "demo":
-            what = ("The replay of the demonstration: an open-loop path found with save states, "
-                    "<b>not a policy</b> and never a clear.")
+            what = (
+                "The replay of the demonstration: an open-loop path found with save states, "
+                "<b>not a policy</b> and never a clear."
+            )
         else:
             n = len(result["episodes"])
-            what = (f"{'One episode' if n == 1 else f'{n} episodes, one after another,'} of the bundled policy "
-                    f"({result['mode']}"
-                    + (f", temperature {result['temperature']:g}" if result["mode"] == "sample" else "")
-                    + ") under the protocol's sticky actions and no-op starts"
-                    + (f", seeds {result['episodes'][0]['seed']} on until one cleared (at most {result['tries']})."
-                       if n > 1 else "."))
-        parts.append(f'<h2>Video</h2><video controls loop muted preload="metadata" src="../media/{stage}.mp4"></video>'
-                     f'<p class="{cls}" style="font-size:13px">{html.escape(text)}</p><p>{what} '
-                     f'{result["frames"]:,} frames. <a href="../media/{stage}.mp4">MP4</a></p>')
+            what = (
+                f"{'One episode' if n == 1 else f'{n} episodes, one after another,'} of the bundled policy "
+                f"({result['mode']}"
+                + (f", temperature {result['temperature']:g}" if result["mode"] == "sample" else "")
+                + ") under the protocol's sticky actions and no-op starts"
+                + (
+                    f", seeds {result['episodes'][0]['seed']} on until one cleared (at most {result['tries']})."
+                    if n > 1
+                    else "."
+                )
+            )
+        parts.append(
+            f'<h2>Video</h2><video controls loop muted preload="metadata" src="../media/{stage}.mp4"></video>'
+            f'<p class="{cls}" style="font-size:13px">{html.escape(text)}</p><p>{what} '
+            f'{result["frames"]:,} frames. <a href="../media/{stage}.mp4">MP4</a></p>'
+        )
     protocol = entry.get("protocol")
     if protocol and protocol.get("episodes"):
         lo, hi = wilson(protocol["clears"], protocol["episodes"])
-        facts = {"clears": f"{protocol['clears']} of {protocol['episodes']} episodes "
-                           f"({protocol['clears'] / protocol['episodes']:.2f})",
-                 "95% Wilson interval": f"{lo:.2f} – {hi:.2f}",
-                 "seeds": seeds_text(protocol.get("seeds")) or "not recorded",
-                 "temperature": protocol.get("temperature"),
-                 "mean x": f"{protocol['mean_x']:,.0f}" if protocol.get("mean_x") is not None else None}
+        facts = {
+            "clears": f"{protocol['clears']} of {protocol['episodes']} episodes "
+            f"({protocol['clears'] / protocol['episodes']:.2f})",
+            "95% Wilson interval": f"{lo:.2f} – {hi:.2f}",
+            "seeds": seeds_text(protocol.get("seeds")) or "not recorded",
+            "temperature": protocol.get("temperature"),
+            "mean x": f"{protocol['mean_x']:,.0f}" if protocol.get("mean_x") is not None else None,
+        }
         parts.append("<h2>Protocol result</h2>" + _facts(facts) + _failure_strip(stage, protocol, entry.get("stage_x")))
     else:
         parts.append("<h2>Protocol result</h2><p>None yet: no bundled policy has been evaluated.</p>")
-    training = {"algorithm": entry.get("algorithm"), "action set": entry.get("actions"),
-                "agent steps": f"{entry['agent_steps']:,}" if entry.get("agent_steps") else None,
-                "wall clock": f"{entry['wall_hours']:g} h" if entry.get("wall_hours") else None,
-                "warm start from": entry.get("warm_start"),
-                "recipe": ", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
-                                   for k, v in (entry.get("recipe") or {}).items()) or None,
-                "policy file": Path(entry["policy"]).name if entry.get("policy") else None,
-                "demonstration": (Path(entry["demo"]).name + (f", reaches the {goal(stage)}" if entry.get("demo_flag")
-                                                              else f", does not reach the {goal(stage)}"))
-                if entry.get("demo") else None}
+    training = {
+        "algorithm": entry.get("algorithm"),
+        "action set": entry.get("actions"),
+        "agent steps": f"{entry['agent_steps']:,}" if entry.get("agent_steps") else None,
+        "wall clock": f"{entry['wall_hours']:g} h" if entry.get("wall_hours") else None,
+        "warm start from": entry.get("warm_start"),
+        "recipe": ", ".join(
+            f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
+            for k, v in (entry.get("recipe") or {}).items()
+        )
+        or None,
+        "policy file": Path(entry["policy"]).name if entry.get("policy") else None,
+        "demonstration": (
+            Path(entry["demo"]).name
+            + (f", reaches the {goal(stage)}" if entry.get("demo_flag") else f", does not reach the {goal(stage)}")
+        )
+        if entry.get("demo")
+        else None,
+    }
     if any(v is not None for v in training.values()):
         parts.append("<h2>Training</h2>" + _facts(training))
     if curves:
-        images = "".join(f'<img class="curve" src="../media/{c.name}" alt="{c.stem.split("-curve-")[1]} of {stage}">'
-                         for c in curves)
-        parts.append(f'<h2>Learning curves</h2><p>The campaign run (<code>campaign/{stage}/run/episodes.csv</code>), '
-                     f'every training episode (they sample at temperature 1 and may start along the demonstration, '
-                     f'so they are not protocol episodes):</p><div class="curves">{images}</div>')
+        images = "".join(
+            f'<img class="curve" src="../media/{c.name}" alt="{c.stem.split("-curve-")[1]} of {stage}">' for c in curves
+        )
+        parts.append(
+            f"<h2>Learning curves</h2><p>The campaign run (<code>campaign/{stage}/run/episodes.csv</code>), "
+            f"every training episode (they sample at temperature 1 and may start along the demonstration, "
+            f'so they are not protocol episodes):</p><div class="curves">{images}</div>'
+        )
     if entry.get("note"):
         parts.append(f"<h2>Note</h2><p>{html.escape(entry['note'])}</p>")
     return _page(f"mario_rl: stage {stage}", "\n".join(parts), "page")
 
 
 def _facts(facts: dict) -> str:
-    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items()
-                   if v is not None)
+    rows = "".join(
+        f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items() if v is not None
+    )
     return f'<dl class="facts">{rows}</dl>'
 
 
 # --- the build -------------------------------------------------------------------------------------------
+
 
 def build_board(cfg: BoardConfig, echo=print) -> Path:
     """Write the site into cfg.out; returns its index.html."""

@@ -131,14 +131,19 @@ def related_policy(stage: str, registry: dict, actions: str, root: Path = REPO) 
     """The registry's most related cleared stage with a usable policy, or None: one with the same action set
     if any (all weights carry over), else one with another (its torso and value head carry over)."""
     w, s = map(int, stage.split("-"))
-    usable = {k for k, e in registry["stages"].items()
-              if e["status"] == "cleared" and k != stage and reg_mod.check_policy(e, root) is None}
+    usable = {
+        k
+        for k, e in registry["stages"].items()
+        if e["status"] == "cleared" and k != stage and reg_mod.check_policy(e, root) is None
+    }
     same = {k for k in usable if registry["stages"][k].get("actions") == actions}
     ok = same or usable
     candidates = [f"{w}-{s - 1}"] if s > 1 else []
     candidates += [f"{ww}-{s}" for ww in range(w - 1, 0, -1)]
     order = [k for k in STAGES if k != "game"]
-    candidates += sorted(ok, key=lambda k: (order.index(k) > order.index(stage), abs(order.index(k) - order.index(stage))))
+    candidates += sorted(
+        ok, key=lambda k: (order.index(k) > order.index(stage), abs(order.index(k) - order.index(stage)))
+    )
     return next((k for k in candidates if k in ok), None)
 
 
@@ -178,8 +183,14 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
             save_demo(shared, demo)
         entry = reg_mod.load_registry(cfg.registry)["stages"][stage]
         if entry["demo"] != _rel(shared) or not entry["demo_flag"]:
-            reg_mod.update_stage(stage, cfg.registry, demo=_rel(shared), demo_flag=True, stage_x=_demo_end_x(demo),
-                                 status="explored" if entry["status"] == "not started" else entry["status"])
+            reg_mod.update_stage(
+                stage,
+                cfg.registry,
+                demo=_rel(shared),
+                demo_flag=True,
+                stage_x=_demo_end_x(demo),
+                status="explored" if entry["status"] == "not started" else entry["status"],
+            )
         return demo
     if shared.exists():
         demo = load_demo(shared)
@@ -187,31 +198,55 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
         if check["flag"]:
             save_demo(path, demo)
             status = reg_mod.load_registry(cfg.registry)["stages"][stage]["status"]
-            reg_mod.update_stage(stage, cfg.registry, demo=_rel(shared), demo_flag=True, stage_x=check["x"],
-                                 status="explored" if status == "not started" else status)
+            reg_mod.update_stage(
+                stage,
+                cfg.registry,
+                demo=_rel(shared),
+                demo_flag=True,
+                stage_x=check["x"],
+                status="explored" if status == "not started" else status,
+            )
             return demo
         echo(f"{stage}: {shared} does not replay to the flag; searching anew")
     minutes = cfg.explore_minutes if minutes is None else min(minutes, cfg.explore_minutes)
     echo(f"{stage}: exploring for up to {minutes:.3g} minutes")
-    result = run_explore(ExploreConfig(stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed),
-                         folder / "explore", video=False, echo=lambda line: None)
+    result = run_explore(
+        ExploreConfig(stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed),
+        folder / "explore",
+        video=False,
+        echo=lambda line: None,
+    )
     if not result.solved:
         furthest = cfg.demos / f"{stage}-furthest.json"
-        write_state(folder, read_state(folder) | {"phase": "no demo", "best_x": result.best_x,
-                                                  "explore_minutes": minutes})
+        write_state(
+            folder, read_state(folder) | {"phase": "no demo", "best_x": result.best_x, "explore_minutes": minutes}
+        )
         save_demo(furthest, result.demo())
-        reg_mod.update_stage(stage, cfg.registry, status="explored", demo=_rel(furthest), demo_flag=False,
-                             note=f"the search found no flag in {minutes:.3g} minutes; furthest x "
-                                  f"{result.best_x} ({_rel(furthest)})")
-        echo(f"{stage}: no flag in {result.seconds:.0f} s of search (best x {result.best_x}); furthest path in "
-             f"{_rel(furthest)}")
+        reg_mod.update_stage(
+            stage,
+            cfg.registry,
+            status="explored",
+            demo=_rel(furthest),
+            demo_flag=False,
+            note=f"the search found no flag in {minutes:.3g} minutes; furthest x {result.best_x} ({_rel(furthest)})",
+        )
+        echo(
+            f"{stage}: no flag in {result.seconds:.0f} s of search (best x {result.best_x}); furthest path in "
+            f"{_rel(furthest)}"
+        )
         return None
     demo = result.demo()
     save_demo(shared, demo)
     x = _demo_end_x(demo)
-    reg_mod.update_stage(stage, cfg.registry, status="explored", demo=_rel(shared), demo_flag=True, stage_x=x,
-                         note=f"demonstration found in {result.seconds:.0f} s of search ({len(demo['frames']):,} "
-                              f"frames)")
+    reg_mod.update_stage(
+        stage,
+        cfg.registry,
+        status="explored",
+        demo=_rel(shared),
+        demo_flag=True,
+        stage_x=x,
+        note=f"demonstration found in {result.seconds:.0f} s of search ({len(demo['frames']):,} frames)",
+    )
     echo(f"{stage}: demonstration of {len(demo['frames']):,} frames after {result.seconds:.0f} s of search")
     return demo
 
@@ -265,13 +300,22 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
         state["warm_start"] = warm
         state["attempt"] = int(state.get("attempt", 0)) + (state["phase"] in ("cleared", "spent"))
     save_state(phase="training", steps_budget=cfg.steps)
-    reg_mod.update_stage(stage, cfg.registry, status="training", algorithm="ppo", actions=cfg.actions,
-                         warm_start=state.get("warm_start"))
+    reg_mod.update_stage(
+        stage, cfg.registry, status="training", algorithm="ppo", actions=cfg.actions, warm_start=state.get("warm_start")
+    )
     index = STAGES.index(stage)
-    settings = {"stage": stage, "out": folder, "steps": cfg.steps, "envs": cfg.envs or default_envs(),
-                "actions": cfg.actions, "seed": cfg.seed, "explore_minutes": cfg.explore_minutes,
-                "eval_episodes": cfg.final_episodes, "checkpoint_every": cfg.checkpoint_every,
-                "eval_seed": FINAL_SEED + 1_000_000 * index + 1_000 * int(state.get("attempt", 0))} | cfg.train
+    settings = {
+        "stage": stage,
+        "out": folder,
+        "steps": cfg.steps,
+        "envs": cfg.envs or default_envs(),
+        "actions": cfg.actions,
+        "seed": cfg.seed,
+        "explore_minutes": cfg.explore_minutes,
+        "eval_episodes": cfg.final_episodes,
+        "checkpoint_every": cfg.checkpoint_every,
+        "eval_seed": FINAL_SEED + 1_000_000 * index + 1_000 * int(state.get("attempt", 0)),
+    } | cfg.train
     last_save = [time.monotonic()]
 
     def stop(step: int) -> bool:
@@ -296,9 +340,12 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
 def _skip_search(stage: str, cfg: CampaignConfig) -> bool:
     """A stage whose search already ran for --explore-minutes without a flag is not searched again."""
     state = read_state(cfg.root / stage)
-    return (state["phase"] == "no demo" and state.get("explore_minutes", 0) >= cfg.explore_minutes
-            and not (cfg.root / stage / "explore" / "demo.json").exists()
-            and not (cfg.demos / f"{stage}.json").exists())
+    return (
+        state["phase"] == "no demo"
+        and state.get("explore_minutes", 0) >= cfg.explore_minutes
+        and not (cfg.root / stage / "explore" / "demo.json").exists()
+        and not (cfg.demos / f"{stage}.json").exists()
+    )
 
 
 def _train_summary(run_dir: Path) -> dict:
@@ -313,8 +360,12 @@ def _train_summary(run_dir: Path) -> dict:
     starts = eps.get("start", [0] * len(steps))
     reset_x = [x for x, s in zip(eps.get("x", []), starts) if s == 0]
     reset_flags = [f for f, s in zip(eps.get("flag", []), starts) if s == 0]
-    return {"steps": _checkpoint_step(run_dir) or (int(steps[-1]) if len(steps) else 0), "best_reset_x": int(max(reset_x, default=0)),
-            "reset_episodes": len(reset_flags), "reset_clears": int(sum(reset_flags))}
+    return {
+        "steps": _checkpoint_step(run_dir) or (int(steps[-1]) if len(steps) else 0),
+        "best_reset_x": int(max(reset_x, default=0)),
+        "reset_episodes": len(reset_flags),
+        "reset_clears": int(sum(reset_flags)),
+    }
 
 
 def _checkpoint_step(run_dir: Path) -> int:
@@ -330,9 +381,14 @@ def _checkpoint_step(run_dir: Path) -> int:
 
 def _record_training(stage: str, cfg: CampaignConfig, folder: Path, state: dict) -> None:
     s = _train_summary(folder / "run")
-    reg_mod.update_stage(stage, cfg.registry, agent_steps=s.get("steps", 0),
-                         wall_hours=round(state["seconds"] / 3600, 2), best_x=s.get("best_reset_x", 0),
-                         recipe=_recipe(folder / "run"))
+    reg_mod.update_stage(
+        stage,
+        cfg.registry,
+        agent_steps=s.get("steps", 0),
+        wall_hours=round(state["seconds"] / 3600, 2),
+        best_x=s.get("best_reset_x", 0),
+        recipe=_recipe(folder / "run"),
+    )
 
 
 def _recipe(run_dir: Path) -> dict:
@@ -348,37 +404,56 @@ def _recipe(run_dir: Path) -> dict:
     return {k: v for k, v in saved.items() if k not in skip and defaults.get(k, object()) != v}
 
 
-def _finish_stage(stage: str, cfg: CampaignConfig, folder: Path, state: dict, result: dict, save_state,
-                  echo) -> str:
+def _finish_stage(stage: str, cfg: CampaignConfig, folder: Path, state: dict, result: dict, save_state, echo) -> str:
     from mario_rl.policy import bundle_policy
 
     summary = _train_summary(folder / "run")
     failures = sorted(r["x"] for r in result["results"] if not r["cleared"])
     seeds = result["seeds"]
-    protocol = {"clears": result["clears"], "episodes": result["episodes"], "seeds": f"{seeds[0]}..{seeds[-1]}",
-                "mean_x": round(result["mean_x"], 1), "temperature": result.get("temperature"),
-                "failures_x": failures, "measured": time.strftime("%Y-%m-%d")}
+    protocol = {
+        "clears": result["clears"],
+        "episodes": result["episodes"],
+        "seeds": f"{seeds[0]}..{seeds[-1]}",
+        "mean_x": round(result["mean_x"], 1),
+        "temperature": result.get("temperature"),
+        "failures_x": failures,
+        "measured": time.strftime("%Y-%m-%d"),
+    }
     passed = bool(result["passed"])
     text = f"{result['clears']}/{result['episodes']} on seeds {protocol['seeds']}"
     save_state(phase="cleared" if passed else "spent", result=text, checks=result.get("checks", []))
-    fields = dict(agent_steps=summary.get("steps", 0), wall_hours=round(state["seconds"] / 3600, 2),
-                  recipe=_recipe(folder / "run"),
-                  best_x=max(summary.get("best_reset_x", 0), int(max(r["x"] for r in result["results"]))))
+    fields = dict(
+        agent_steps=summary.get("steps", 0),
+        wall_hours=round(state["seconds"] / 3600, 2),
+        recipe=_recipe(folder / "run"),
+        best_x=max(summary.get("best_reset_x", 0), int(max(r["x"] for r in result["results"]))),
+    )
     if passed:
         dst = bundle_policy(folder / "policy.safetensors", stage, folder=cfg.models)
-        atomic_write(cfg.models / f"{stage}.eval.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-        reg_mod.update_stage(stage, cfg.registry, status="cleared", policy=_rel(dst),
-                             sha256=reg_mod.file_sha256(dst), protocol=protocol, **fields)
+        atomic_write(cfg.models / f"{stage}.eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+        reg_mod.update_stage(
+            stage,
+            cfg.registry,
+            status="cleared",
+            policy=_rel(dst),
+            sha256=reg_mod.file_sha256(dst),
+            protocol=protocol,
+            **fields,
+        )
         # A finished stage keeps its policy, demonstration and summary; the run is regenerable history.
         shutil.rmtree(folder / "run", ignore_errors=True)
         for name in ("eval.mp4", "eval.gif"):
             (folder / name).unlink(missing_ok=True)
         echo(f"{stage}: CLEARED {text}; bundled as {dst}")
         return "cleared"
-    reg_mod.update_stage(stage, cfg.registry, status="training", protocol=None,
-                         note=f"step budget of {cfg.steps:,} spent without a pass; final evaluation {text}",
-                         **fields)
+    reg_mod.update_stage(
+        stage,
+        cfg.registry,
+        status="training",
+        protocol=None,
+        note=f"step budget of {cfg.steps:,} spent without a pass; final evaluation {text}",
+        **fields,
+    )
     echo(f"{stage}: not cleared within {cfg.steps:,} steps ({text})")
     return "not cleared"
 
@@ -402,8 +477,14 @@ def sync_registry(cfg: CampaignConfig) -> dict:
 
             check = replay(load_demo(demo_path))
             x, flag = int(check["x"]), bool(check["flag"])
-            reg_mod.update_stage(stage, cfg.registry, demo=_rel(demo_path), demo_flag=flag, stage_x=x if flag else None,
-                                 status="explored" if e["status"] == "not started" else e["status"])
+            reg_mod.update_stage(
+                stage,
+                cfg.registry,
+                demo=_rel(demo_path),
+                demo_flag=flag,
+                stage_x=x if flag else None,
+                status="explored" if e["status"] == "not started" else e["status"],
+            )
         policy = cfg.models / f"{stage}.safetensors"
         ev = cfg.models / f"{stage}.eval.json"
         if e["policy"] is None and policy.is_file() and ev.is_file():
@@ -413,14 +494,27 @@ def sync_registry(cfg: CampaignConfig) -> dict:
             data = json.loads(ev.read_text())
             results = data.get("results") or []
             failures = sorted(r["x"] for r in results if not r.get("cleared"))
-            protocol = {"clears": data["clears"], "episodes": data["episodes"],
-                        "seeds": data.get("seeds_text") or _seed_text(data), "mean_x": data.get("mean_x"),
-                        "temperature": data.get("temperature"), "failures_x": failures}
+            protocol = {
+                "clears": data["clears"],
+                "episodes": data["episodes"],
+                "seeds": data.get("seeds_text") or _seed_text(data),
+                "mean_x": data.get("mean_x"),
+                "temperature": data.get("temperature"),
+                "failures_x": failures,
+            }
             passed = data["episodes"] >= 20 and data["clears"] / data["episodes"] >= 0.9
-            reg_mod.update_stage(stage, cfg.registry, status="cleared" if passed else "training",
-                                 policy=_rel(policy), sha256=reg_mod.file_sha256(policy), algorithm=meta["algorithm"],
-                                 actions=meta["preprocessing"]["actions"], agent_steps=int(meta.get("steps", 0)),
-                                 protocol=protocol, best_x=int(max((r["x"] for r in results), default=0)))
+            reg_mod.update_stage(
+                stage,
+                cfg.registry,
+                status="cleared" if passed else "training",
+                policy=_rel(policy),
+                sha256=reg_mod.file_sha256(policy),
+                algorithm=meta["algorithm"],
+                actions=meta["preprocessing"]["actions"],
+                agent_steps=int(meta.get("steps", 0)),
+                protocol=protocol,
+                best_x=int(max((r["x"] for r in results), default=0)),
+            )
     return reg_mod.load_registry(cfg.registry)
 
 
@@ -444,8 +538,10 @@ def run_campaign(cfg: CampaignConfig, echo=print) -> dict[str, str]:
     registry = sync_registry(cfg)
     queue = stage_order(cfg.stages, registry, cfg.models)
     deadline = None if cfg.budget_hours is None else time.time() + 3600 * cfg.budget_hours
-    echo(f"campaign: {len(queue)} stages ({', '.join(queue)}); state in {cfg.root}; "
-         f"budget {'none' if deadline is None else f'{cfg.budget_hours:g} h'}")
+    echo(
+        f"campaign: {len(queue)} stages ({', '.join(queue)}); state in {cfg.root}; "
+        f"budget {'none' if deadline is None else f'{cfg.budget_hours:g} h'}"
+    )
     if cfg.backend == "ray":
         return _run_ray(cfg, queue, deadline, echo)
     # Demonstrations for every stage first: searches take minutes, training takes hours, and the board
@@ -470,8 +566,12 @@ def run_campaign(cfg: CampaignConfig, echo=print) -> dict[str, str]:
 
 
 def _ray_stage(stage: str, cfg_dict: dict, deadline: float | None) -> tuple[str, str]:
-    cfg = CampaignConfig(**{k: (Path(v) if k in ("root", "registry", "models", "demos") else
-                                tuple(v) if k == "stages" else v) for k, v in cfg_dict.items()})
+    cfg = CampaignConfig(
+        **{
+            k: (Path(v) if k in ("root", "registry", "models", "demos") else tuple(v) if k == "stages" else v)
+            for k, v in cfg_dict.items()
+        }
+    )
     return stage, run_stage(stage, cfg, deadline, echo=lambda line: print(line, flush=True))
 
 
@@ -482,15 +582,20 @@ def _run_ray(cfg: CampaignConfig, queue: list[str], deadline: float | None, echo
     try:
         import ray
     except ImportError:
-        raise UserError("--backend ray needs Ray: install the extra, `uv sync --extra ray` "
-                        "(or pip install 'mario-rl[ray]')") from None
+        raise UserError(
+            "--backend ray needs Ray: install the extra, `uv sync --extra ray` (or pip install 'mario-rl[ray]')"
+        ) from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=cfg.ray_address, include_dashboard=False,
-                 **({} if cfg.ray_address else {"num_cpus": os.cpu_count()}))
+        ray.init(
+            address=cfg.ray_address,
+            include_dashboard=False,
+            **({} if cfg.ray_address else {"num_cpus": os.cpu_count()}),
+        )
     try:
-        cpus = cfg.ray_cpus_per_stage or max(1, int(min(n["Resources"].get("CPU", 1) for n in ray.nodes()
-                                                         if n["Alive"])))
+        cpus = cfg.ray_cpus_per_stage or max(
+            1, int(min(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"]))
+        )
         task = ray.remote(num_cpus=cpus, max_retries=0)(_ray_stage)
         # Absolute paths: a Ray worker's working folder is not the driver's.
         cfg_dict = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
@@ -507,8 +612,9 @@ def _run_ray(cfg: CampaignConfig, queue: list[str], deadline: float | None, echo
             ray.shutdown()
 
 
-def eval_all(registry_path: Path = reg_mod.DEFAULT_PATH, episodes: int = 20, seed: int | None = None,
-             echo=print) -> list[str]:
+def eval_all(
+    registry_path: Path = reg_mod.DEFAULT_PATH, episodes: int = 20, seed: int | None = None, echo=print
+) -> list[str]:
     """`mario-rl eval --all`: every stage with a policy in the registry, on fresh seeds; the registry gets
     each result. A stage whose policy file is missing or changed is reported and left as it is; the rest go
     on. Returns the problems."""
@@ -534,13 +640,19 @@ def eval_all(registry_path: Path = reg_mod.DEFAULT_PATH, episodes: int = 20, see
             problems.append(f"{stage}: {problem}")
             continue
         r = evaluate(policy, stage, episodes=episodes, seed=seed)
-        protocol = {"clears": r["clears"], "episodes": r["episodes"], "seeds": f"{seed}..{seed + episodes - 1}",
-                    "mean_x": round(r["mean_x"], 1), "temperature": r.get("temperature"),
-                    "failures_x": sorted(x["x"] for x in r["results"] if not x["cleared"]),
-                    "measured": time.strftime("%Y-%m-%d")}
+        protocol = {
+            "clears": r["clears"],
+            "episodes": r["episodes"],
+            "seeds": f"{seed}..{seed + episodes - 1}",
+            "mean_x": round(r["mean_x"], 1),
+            "temperature": r.get("temperature"),
+            "failures_x": sorted(x["x"] for x in r["results"] if not x["cleared"]),
+            "measured": time.strftime("%Y-%m-%d"),
+        }
         passed = r["episodes"] >= PROTOCOL["episodes"] and r["clear_rate"] >= CLEAR_RATE
         best_x = max(int(entry.get("best_x") or 0), int(max(x["x"] for x in r["results"])))
-        reg_mod.update_stage(stage, registry_path, protocol=protocol, status="cleared" if passed else "training",
-                             best_x=best_x)
+        reg_mod.update_stage(
+            stage, registry_path, protocol=protocol, status="cleared" if passed else "training", best_x=best_x
+        )
         echo(f"{stage}: {reg_mod.rate_text(protocol)} (95% Wilson) -> {'cleared' if passed else 'not cleared'}")
     return problems

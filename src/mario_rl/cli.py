@@ -43,8 +43,8 @@ class PlayArgs:
     """play a random agent even if a policy exists"""
     episodes: int = 1
     """episodes to play (all go into one video)"""
-    out: Path = Path("mario.mp4")
-    """video to write: an MP4 and, beside it, an animated GIF preview of the same name"""
+    out: Path = Path("videos/mario.mp4")
+    """video to write (its folder is created): an MP4 and, beside it, an animated GIF preview of the same name"""
     window: bool = False
     """also show the game in a window while it plays (needs a display)"""
     seed: int = 0
@@ -59,7 +59,7 @@ class PlayArgs:
 
 @dataclass
 class EvalArgs:
-    """Evaluate a policy under ../shared/PROTOCOL.md (defaults: 20 episodes, sticky 0.25, 0..30 no-ops)."""
+    """Evaluate a policy under docs/protocol.md (defaults: 20 episodes, sticky 0.25, 0..30 no-ops)."""
 
     policy: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="POLICY")]
     """policy file, or a stage name for its bundled policy"""
@@ -86,9 +86,8 @@ class EvalArgs:
     demo: Path | None = None
     """a demonstration (explore's demo.json) to count --from-frame along"""
     from_frame: int = 0
-    """start every episode from the demonstration's state after this many frames, not from the stage's
-    start, with sticky actions but no no-op frames: where along the stage the policy fails (a diagnosis,
-    not a protocol result)"""
+    """start every episode from the demonstration's state after this many frames (sticky actions, no
+    no-ops): where along the stage the policy fails; a diagnosis, never a protocol result"""
 
 
 @dataclass
@@ -140,8 +139,19 @@ def cmd_play(args: list[str]) -> None:
     from mario_rl.play import play
 
     a = _parse(PlayArgs, args, "mario-rl play")
-    play(a.stage, policy=a.policy, random=a.random, episodes=a.episodes, out=a.out, window=a.window,
-         seed=a.seed, actions=a.actions, sticky=a.sticky, noop_max=a.noop_max, echo=print)
+    play(
+        a.stage,
+        policy=a.policy,
+        random=a.random,
+        episodes=a.episodes,
+        out=a.out,
+        window=a.window,
+        seed=a.seed,
+        actions=a.actions,
+        sticky=a.sticky,
+        noop_max=a.noop_max,
+        echo=print,
+    )
 
 
 def cmd_game(args: list[str]) -> None:
@@ -216,21 +226,33 @@ def cmd_eval(args: list[str]) -> None:
             mark = "CLEAR" if r["cleared"] else "     "
             print(f"  seed {r['seed']:>6}  {mark}  x {r['x']:>5}  steps {r['steps']:>5}", flush=True)
 
-    result = evaluate(policy, a.stage, episodes=a.episodes, sticky=a.sticky, noop_max=a.noop_max,
-                      seed=a.seed, video=a.video, on_episode=show, demo=demo, from_frame=a.from_frame)
+    result = evaluate(
+        policy,
+        a.stage,
+        episodes=a.episodes,
+        sticky=a.sticky,
+        noop_max=a.noop_max,
+        seed=a.seed,
+        video=a.video,
+        on_episode=show,
+        demo=demo,
+        from_frame=a.from_frame,
+    )
     if a.out is not None:
         atomic_write(a.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     if a.json:
         print(json.dumps(result, indent=2))
     else:
         lo, hi = wilson(result["clears"], result["episodes"])
-        print(f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
-              f"(clear rate {result['clear_rate']:.2f}, 95% Wilson interval [{lo:.2f}, {hi:.2f}], "
-              f"sticky {result['sticky']}, no-ops 0..{result['noop_max']}) | "
-              f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
-              f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
-              + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else "")
-              + (f" | from frame {a.from_frame:,} of {a.demo}: not a protocol result" if a.from_frame else ""))
+        print(
+            f"{a.stage}: cleared {result['clears']}/{result['episodes']} "
+            f"(clear rate {result['clear_rate']:.2f}, 95% Wilson interval [{lo:.2f}, {hi:.2f}], "
+            f"sticky {result['sticky']}, no-ops 0..{result['noop_max']}) | "
+            f"x mean {result['mean_x']:.0f}, median {result['median_x']:.0f} | "
+            f"steps mean {result['mean_steps']:.0f} | seeds {a.seed}..{a.seed + a.episodes - 1} | {policy.mode}"
+            + (f" (temperature {policy.temperature:g})" if policy.mode == "sample" else "")
+            + (f" | from frame {a.from_frame:,} of {a.demo}: not a protocol result" if a.from_frame else "")
+        )
 
 
 def cmd_eval_all(args: list[str]) -> None:
@@ -285,10 +307,18 @@ def cmd_bench(args: list[str]) -> None:
     if a.vec_envs <= 0 or a.ppo_steps < 0:
         raise UserError("--vec-envs must be positive and --ppo-steps >= 0")
     if 0 < a.ppo_steps < 2 * 128 * a.vec_envs:
-        raise UserError(f"--ppo-steps must be 0 or at least two PPO updates ({2 * 128 * a.vec_envs} steps "
-                        f"with {a.vec_envs} envs)")
-    report = run_bench(seconds=a.seconds, tutorial=a.tutorial, train_steps=a.train_steps, burnin=a.burnin,
-                       vec_envs=a.vec_envs, ppo_steps=a.ppo_steps, echo=None if a.json else print)
+        raise UserError(
+            f"--ppo-steps must be 0 or at least two PPO updates ({2 * 128 * a.vec_envs} steps with {a.vec_envs} envs)"
+        )
+    report = run_bench(
+        seconds=a.seconds,
+        tutorial=a.tutorial,
+        train_steps=a.train_steps,
+        burnin=a.burnin,
+        vec_envs=a.vec_envs,
+        ppo_steps=a.ppo_steps,
+        echo=None if a.json else print,
+    )
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
 
@@ -308,12 +338,16 @@ def cmd_explore(args: list[str]) -> None:
     cfg = ExploreConfig(**{k: getattr(a, k) for k in ExploreConfig.__dataclass_fields__})
     result = run_explore(cfg, a.out, video=a.video)
     if result.solved:
-        print(f"{cfg.stage}: flag reached after {result.frames_played:,} frames explored in {result.seconds:.0f} s "
-              f"({result.cells:,} cells); demonstration of {len(result.frames):,} frames verified by replay: "
-              f"{a.out / 'demo.json'}")
+        print(
+            f"{cfg.stage}: flag reached after {result.frames_played:,} frames explored in {result.seconds:.0f} s "
+            f"({result.cells:,} cells); demonstration of {len(result.frames):,} frames verified by replay: "
+            f"{a.out / 'demo.json'}"
+        )
     else:
-        print(f"{cfg.stage}: no flag in {cfg.minutes:g} min ({result.frames_played:,} frames, {result.cells:,} cells); "
-              f"best x {result.best_x}; the furthest path is in {a.out / 'furthest.json'}")
+        print(
+            f"{cfg.stage}: no flag in {cfg.minutes:g} min ({result.frames_played:,} frames, {result.cells:,} cells); "
+            f"best x {result.best_x}; the furthest path is in {a.out / 'furthest.json'}"
+        )
         sys.exit(1)
 
 
@@ -327,9 +361,11 @@ def cmd_solve(args: list[str]) -> None:
         print(f"{cfg.stage}: not solved: {e}")
         sys.exit(1)
     t = r["timings"]
-    print(f"{cfg.stage}: cleared {r['clears']}/{r['episodes']} under PROTOCOL.md (seeds {r['seeds'][0]}..{r['seeds'][-1]})"
-          f" -> {'PASSED' if r['passed'] else 'not passed'} | explore {t['explore_s']:.0f} s, train {t['train_s']:.0f} s, "
-          f"total {t['total_s'] / 60:.1f} min")
+    print(
+        f"{cfg.stage}: cleared {r['clears']}/{r['episodes']} under docs/protocol.md "
+        f"(seeds {r['seeds'][0]}..{r['seeds'][-1]}) -> {'PASSED' if r['passed'] else 'not passed'} | "
+        f"explore {t['explore_s']:.0f} s, train {t['train_s']:.0f} s, total {t['total_s'] / 60:.1f} min"
+    )
     if not r["passed"]:
         sys.exit(1)
 
@@ -363,9 +399,19 @@ def cmd_report(args: list[str]) -> None:
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
 
-COMMANDS = {"play": cmd_play, "game": cmd_game, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench,
-            "explore": cmd_explore, "solve": cmd_solve, "report": cmd_report, "campaign": cmd_campaign,
-            "status": cmd_status, "board": cmd_board}
+COMMANDS = {
+    "play": cmd_play,
+    "game": cmd_game,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "explore": cmd_explore,
+    "solve": cmd_solve,
+    "report": cmd_report,
+    "campaign": cmd_campaign,
+    "status": cmd_status,
+    "board": cmd_board,
+}
 USAGE = __doc__.split("\n\n")[1]
 
 

@@ -43,8 +43,7 @@ class BackwardCurriculum:
     """clear rate, over the latest episodes started in the window, that moves it back"""
     min_episodes: int = 16
     """episodes started in the window before its clear rate counts; the rate is over the latest
-    2 x min_episodes of them, so that it follows an agent that is learning (a rate over every episode
-    since the window moved lags: 1-1 sat at 18% for 80k steps with the latest episodes above 20%)"""
+    2 x min_episodes of them, so that it follows an agent that is learning (docs/experiments.md)"""
     lo: int = -1
     """first start state of the window (-1: the last one); 0 and done: only real resets"""
     done: bool = False

@@ -4,7 +4,7 @@ The wrapper stack, read bottom (emulator) to top (agent):
 
     gym_super_mario_bros.make("SuperMarioBros-W-S-v0")   raw NES, one frame per step, byte actions
     FrameRecorder       (optional) copies every emulator frame for a video
-    StickyButtons       (optional) frame-level sticky actions, as in ../shared/PROTOCOL.md
+    StickyButtons       (optional) frame-level sticky actions, as in docs/protocol.md
     NoopStart           (optional) 0..N random no-op frames at reset
     --- everything above here is the "base env"; everything below is the policy's own preprocessing ---
     ActionSet           a discrete action set -> controller byte
@@ -42,11 +42,27 @@ ACTION_SETS: dict[str, list[list[str]]] = {
     "right": [["right"], ["right", "A"]],
     "right_only": [["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"]],
     "simple": [
-        ["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
+        ["NOOP"],
+        ["right"],
+        ["right", "A"],
+        ["right", "B"],
+        ["right", "A", "B"],
+        ["A"],
+        ["left"],
     ],
     "complex": [
-        ["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
-        ["left", "A"], ["left", "B"], ["left", "A", "B"], ["down"], ["up"],
+        ["NOOP"],
+        ["right"],
+        ["right", "A"],
+        ["right", "B"],
+        ["right", "A", "B"],
+        ["A"],
+        ["left"],
+        ["left", "A"],
+        ["left", "B"],
+        ["left", "A", "B"],
+        ["down"],
+        ["up"],
     ],
 }
 
@@ -58,9 +74,7 @@ def env_id(stage: str) -> str:
     if stage == GAME:
         return "SuperMarioBros-v0"
     if not isinstance(stage, str) or not _STAGE_RE.match(stage):
-        raise UserError(
-            f"unknown stage {stage!r}: expected W-S with W in 1..8 and S in 1..4 (e.g. 1-1), or 'game'"
-        )
+        raise UserError(f"unknown stage {stage!r}: expected W-S with W in 1..8 and S in 1..4 (e.g. 1-1), or 'game'")
     return f"SuperMarioBros-{stage}-v0"
 
 
@@ -175,44 +189,41 @@ class FrameRecorder(gym.Wrapper):
 # --- agent-level wrappers (the policy's preprocessing) ---
 
 # NES controller bits, as nes-py lays them out.
-BUTTONS = {"right": 0x80, "left": 0x40, "down": 0x20, "up": 0x10, "start": 0x08, "select": 0x04,
-           "B": 0x02, "A": 0x01, "NOOP": 0x00}
+BUTTONS = {
+    "right": 0x80,
+    "left": 0x40,
+    "down": 0x20,
+    "up": 0x10,
+    "start": 0x08,
+    "select": 0x04,
+    "B": 0x02,
+    "A": 0x01,
+    "NOOP": 0x00,
+}
 
 
 class DemoStart(gym.Wrapper):
-    """Start episodes from states along a demonstration (Salimans and Chen, 2018, "backward" starts).
+    """Start episodes from states along a demonstration (Salimans and Chen, 2018), or shortly before the
+    agent's own recent deaths ("retries").
 
-    At construction the demonstration is replayed once on the base env, keeping an
-    emulator snapshot every `stride` frames (unless `snapshots` from `demo_snapshots` are
-    given). A reset then, unless told to start from the beginning, restores a snapshot
-    picked uniformly from the window set by `set_demo_window(lo, hi, behind)` (snapshot indices); the
-    learner moves the window back towards the start as the agent learns to finish from it (or it gives a
-    weight per snapshot instead). A share `behind` of the starts is drawn from the whole stretch after
-    `lo` instead, so that every obstacle already passed keeps being practised from close by: an agent
-    that clears each of five obstacles 70% of the time clears them all 17% of the time. `p_reset` of the
-    resets (and every reset while the window is empty) are ordinary ones, no-op start included.
-    info["demo_start"] is the frame the episode started from. An episode from a demonstration state is
-    truncated after twice the frames the demonstration took from there, plus `slack`: the game's clock
-    would otherwise let a lost agent idle for minutes of play in a stretch it will learn later.
-
-    With `retry` > 0 (set_demo_window's), a share `retry` of the non-reset starts instead
-    restores a state the agent itself was in, 33 to 128 frames (half a second to two)
-    before one of its recent deaths in an episode from a real reset or from such a retry
-    (info["demo_start"] is then -1; such an episode gets `slack` frames). Starts
-    along the demonstration teach the demonstration's states; from a real reset the
-    agent arrives at each obstacle in states of its own (on the floor where the
-    demonstration was on the bricks, a Goomba a step further on), and dies where those
-    differ. Retries practise exactly there, as Go-Explore's robustification returns to
-    where its policy fails. Deaths after a demonstration start are left out: on 1-2 at
-    2.1M steps, when every death counted, 54% of the deaths from real resets were at
-    x 900-1,000 but only 8% of the retries started there (35% at x 1,600-1,700), since
-    demonstration starts were 68% of the steps and die elsewhere.
-    Wrap it above StickyButtons and NoopStart: the perturbations apply after a
-    restored start as they do after a reset.
+    The demonstration is replayed once, keeping a snapshot every `stride` frames (or `snapshots` from
+    `demo_snapshots`). A reset restores one of them, picked from the window of `set_demo_window(lo, hi,
+    behind, retry, weights)`, or is an ordinary reset (`p_reset`, or while the window is empty).
+    info["demo_start"] is the start frame (0: a real reset, -1: a retry). An episode from a demonstration
+    state is truncated after twice the frames the demonstration took from there, plus `slack`. Wrap it
+    above StickyButtons and NoopStart, so the perturbations apply after a restored start too.
+    Why each part is there: docs/design.md ("The start curriculum").
     """
 
-    def __init__(self, env: gym.Env, demo: dict, stride: int = 0, p_reset: float = 0.1, slack: int = 600,
-                 snapshots: list | None = None):
+    def __init__(
+        self,
+        env: gym.Env,
+        demo: dict,
+        stride: int = 0,
+        p_reset: float = 0.1,
+        slack: int = 600,
+        snapshots: list | None = None,
+    ):
         from mario_rl.curriculum import DEMO_STRIDE
 
         super().__init__(env)
@@ -227,8 +238,9 @@ class DemoStart(gym.Wrapper):
         self._trail: deque = deque(maxlen=RETRY_TRAIL)  # this episode's latest states, `stride` frames apart
         self._retries: deque = deque(maxlen=RETRY_KEEP)  # states shortly before recent deaths
 
-    def set_demo_window(self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0,
-                        weights: list[float] | None = None) -> None:
+    def set_demo_window(
+        self, lo: int, hi: int, behind: float = 0.0, retry: float = 0.0, weights: list[float] | None = None
+    ) -> None:
         """Start from states lo..hi (`behind` of the time from any after lo), or, with `weights` (one
         probability per snapshot, curriculum.StartPriorities), from any state, drawn by those weights."""
         self.window, self.behind, self.retry = (int(lo), int(hi)), float(behind), float(retry)
@@ -334,9 +346,10 @@ def demo_state(demo: dict, frame: int) -> list:
     """The emulator state after the first `frame` frames of a demonstration, for StartFrom."""
     n = len(demo["frames"])
     if not 0 < frame < n:
-        raise UserError(f"the frame to start from must be in 1..{n - 1} (the demonstration has {n} frames), "
-                        f"got {frame}")
-    return demo_snapshots(None, {**demo, "frames": demo["frames"][:frame + 1]}, stride=frame)
+        raise UserError(
+            f"the frame to start from must be in 1..{n - 1} (the demonstration has {n} frames), got {frame}"
+        )
+    return demo_snapshots(None, {**demo, "frames": demo["frames"][: frame + 1]}, stride=frame)
 
 
 def demo_snapshots(base: gym.Env | None, demo: dict, stride: int = 0) -> list:
@@ -393,7 +406,6 @@ class ActionSet(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
 
     def get_action_meanings(self) -> list[str]:
         return [" ".join(c) for c in ACTION_SETS[self.actions]]
-
 
 
 class SkipFrame(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -507,7 +519,12 @@ def make_env(
     """
     pre = Preprocessing(actions, frame_skip, frame_size, frame_stack)
     base = make_base_env(
-        stage, sticky=sticky, noop_max=noop_max, render_mode=render_mode, frame_sink=frame_sink, demo=demo,
+        stage,
+        sticky=sticky,
+        noop_max=noop_max,
+        render_mode=render_mode,
+        frame_sink=frame_sink,
+        demo=demo,
         demo_states=demo_states,
     )
     return wrap_preprocessing(base, pre)
@@ -557,16 +574,27 @@ class EpisodeStats(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 _STAGE_OVER_ENEMIES = (0x2D, 0x31)  # Bowser and the flagpole, as gym-super-mario-bros reads them
-_GAME_STATE = ("_get_reward", "_get_terminated", "_get_info", "ram", "is_single_stage_env", "_x_position_max",
-               "_time_last", "_score_last", "_coins_last", "_status_last", "_completion_rewarded")
+_GAME_STATE = (
+    "_get_reward",
+    "_get_terminated",
+    "_get_info",
+    "ram",
+    "is_single_stage_env",
+    "_x_position_max",
+    "_time_last",
+    "_score_last",
+    "_coins_last",
+    "_status_last",
+    "_completion_rewarded",
+)
 
 
 def _digits(m: bytes, address: int, n: int) -> int:
     """A number the game keeps as one decimal digit per byte (score, clock, coins)."""
     v = 0
-    for d in m[address:address + n]:
+    for d in m[address : address + n]:
         if d > 9:  # not a digit: decode as gym-super-mario-bros does, by string concatenation
-            return int("".join(str(d) for d in m[address:address + n]))
+            return int("".join(str(d) for d in m[address : address + n]))
         v = v * 10 + d
     return v
 
@@ -624,8 +652,15 @@ def lean_game(env: gym.Env) -> gym.Env:
         if _flag(m) and not base._completion_rewarded:
             base._completion_rewarded, completion = True, 50
         total = 0.0
-        for part in (progress, clock, score / 100 if score > 0 else 0, coins * 5 if coins > 0 else 0, powerup,
-                     completion, -25 if _dying_or_dead(m) else 0):
+        for part in (
+            progress,
+            clock,
+            score / 100 if score > 0 else 0,
+            coins * 5 if coins > 0 else 0,
+            powerup,
+            completion,
+            -25 if _dying_or_dead(m) else 0,
+        ):
             total += float(part)
         return total
 
@@ -643,10 +678,12 @@ def lean_game(env: gym.Env) -> gym.Env:
     return env
 
 
-def _vector_worker_env(stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None,
-                       demo_states: list | None = None) -> gym.Env:
-    return EpisodeStats(lean_game(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo,
-                                           demo_states=demo_states)))
+def _vector_worker_env(
+    stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None, demo_states: list | None = None
+) -> gym.Env:
+    return EpisodeStats(
+        lean_game(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo, demo_states=demo_states))
+    )
 
 
 class EnvGroup(gym.Env):
@@ -654,8 +691,7 @@ class EnvGroup(gym.Env):
 
     Written by hand because neither Gymnasium's AsyncVectorEnv nor SB3's SubprocVecEnv runs
     several envs per process, and on a 2-core machine 16 processes of one env spend their time
-    in pipe round trips and context switches: with random actions, 2 processes of 8 envs stepped
-    224 agent steps/s here against 203 for 16 processes of one. Its observation is the k
+    in pipe round trips and context switches (docs/performance.md). Its observation is the k
     observations stacked; rewards, ends and the k envs' own (vector) info travel in info["group"],
     and it never ends itself: each env inside resets on its own (same-step autoreset).
     `GroupedVectorEnv` turns a set of groups back into one vector env.
@@ -712,9 +748,12 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
         if parts < 1 or len(group_fns) % parts:
             raise UserError(f"{len(group_fns)} env groups cannot be split into {parts} parts")
         n = len(group_fns) // parts
-        self._parts = [gym.vector.AsyncVectorEnv(group_fns[i * n:(i + 1) * n], shared_memory=True,
-                                                 autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-                       for i in range(parts)]
+        self._parts = [
+            gym.vector.AsyncVectorEnv(
+                group_fns[i * n : (i + 1) * n], shared_memory=True, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+            )
+            for i in range(parts)
+        ]
         self.k, self._groups_per_part, self.num_envs = k, n, len(group_fns) * k
         self.parts = tuple(slice(i * n * k, (i + 1) * n * k) for i in range(parts))
         space = self._parts[0].single_observation_space
@@ -743,8 +782,13 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
         obs, _, _, _, info = self._parts[p].step_wait()
         outs, infos = zip(*info["group"])
         rewards, terminated, truncated = zip(*outs)
-        return (self._flat(obs), np.concatenate(rewards), np.concatenate(terminated), np.concatenate(truncated),
-                _concat_infos(list(infos), self.k))
+        return (
+            self._flat(obs),
+            np.concatenate(rewards),
+            np.concatenate(terminated),
+            np.concatenate(truncated),
+            _concat_infos(list(infos), self.k),
+        )
 
     def step(self, actions):
         actions = np.asarray(actions)
@@ -755,20 +799,31 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
             return results[0]
         obs, rewards, terminated, truncated = (np.concatenate(x) for x in zip(*(r[:4] for r in results)))
         # Each part's info is already one vector info; a part's arrays cover its envs only.
-        return obs, rewards, terminated, truncated, _concat_infos([r[4] for r in results], self.num_envs // len(self.parts))
+        infos = _concat_infos([r[4] for r in results], self.num_envs // len(self.parts))
+        return obs, rewards, terminated, truncated, infos
 
     def call(self, name: str, *args, **kwargs) -> tuple:
-        return tuple(r for part in self._parts for group in part.call("call_inner", name, *args, **kwargs)
-                     for r in group)
+        return tuple(
+            r for part in self._parts for group in part.call("call_inner", name, *args, **kwargs) for r in group
+        )
 
     def close_extras(self, **kwargs):
         for part in self._parts:
             part.close(**kwargs)
 
 
-def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", *, sticky: float = 0.0,
-                 noop_max: int = 0, asynchronous: bool = True, demo: dict | None = None,
-                 per_process: int = 0, parts: int = 1) -> gym.vector.VectorEnv:
+def make_vec_env(
+    stage: str = "1-1",
+    num_envs: int = 2,
+    actions: str = "right",
+    *,
+    sticky: float = 0.0,
+    noop_max: int = 0,
+    asynchronous: bool = True,
+    demo: dict | None = None,
+    per_process: int = 0,
+    parts: int = 1,
+) -> gym.vector.VectorEnv:
     """`num_envs` copies of make_env in emulator processes, observations in shared memory.
 
     `per_process` envs share a process (`EnvGroup`); 0 picks one process per core when
@@ -809,7 +864,7 @@ def make_vec_env(stage: str = "1-1", num_envs: int = 2, actions: str = "right", 
     # no __main__ guard; a worker never runs torch, so forking the learner's threads is harmless.
     if per_process == 1 and parts == 1:
         return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=mode)
-    groups = [partial(EnvGroup, fns[i:i + per_process]) for i in range(0, num_envs, per_process)]
+    groups = [partial(EnvGroup, fns[i : i + per_process]) for i in range(0, num_envs, per_process)]
     return GroupedVectorEnv(groups, per_process, parts)
 
 

@@ -13,12 +13,13 @@ from mario_rl.envs import demo_state, level_x, make_base_env
 from mario_rl.errors import UserError
 
 PROTOCOL = {"episodes": 20, "sticky": 0.25, "noop_max": 30}
-"""../shared/PROTOCOL.md v1: 20 episodes, frame-level sticky actions 0.25, 0..30 no-op frames."""
+"""docs/protocol.md v1: 20 episodes, frame-level sticky actions 0.25, 0..30 no-op frames."""
 CLEAR_RATE = 0.9
 
 
-def run_episode(env: gym.Env, act: Callable[[np.ndarray], int], seed: int | None = None,
-                max_steps: int | None = None) -> dict:
+def run_episode(
+    env: gym.Env, act: Callable[[np.ndarray], int], seed: int | None = None, max_steps: int | None = None
+) -> dict:
     """Play one episode; return what happened (cleared, x reached, score, agent steps, return)."""
     obs, info = env.reset(seed=seed)
     total, steps, x_max = 0.0, 0, level_x(int(info.get("x_pos", 0)))
@@ -31,8 +32,14 @@ def run_episode(env: gym.Env, act: Callable[[np.ndarray], int], seed: int | None
         flag = flag or bool(info.get("flag_get", False))
         if terminated or truncated or flag or (max_steps is not None and steps >= max_steps):
             break
-    return {"seed": seed, "cleared": flag, "x": x_max, "score": int(info.get("score", 0)),
-            "steps": steps, "return": round(total, 3)}
+    return {
+        "seed": seed,
+        "cleared": flag,
+        "x": x_max,
+        "score": int(info.get("score", 0)),
+        "steps": steps,
+        "return": round(total, 3),
+    }
 
 
 def random_actor(n_actions: int, seed: int = 0) -> Callable[[np.ndarray], int]:
@@ -40,10 +47,18 @@ def random_actor(n_actions: int, seed: int = 0) -> Callable[[np.ndarray], int]:
     return lambda obs: int(rng.integers(n_actions))
 
 
-def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: float = PROTOCOL["sticky"],
-             noop_max: int = PROTOCOL["noop_max"], seed: int = 0, video: Path | None = None,
-             on_episode: Callable[[dict], None] | None = None, demo: dict | None = None,
-             from_frame: int = 0) -> dict:
+def evaluate(
+    policy,
+    stage: str,
+    episodes: int = PROTOCOL["episodes"],
+    sticky: float = PROTOCOL["sticky"],
+    noop_max: int = PROTOCOL["noop_max"],
+    seed: int = 0,
+    video: Path | None = None,
+    on_episode: Callable[[dict], None] | None = None,
+    demo: dict | None = None,
+    from_frame: int = 0,
+) -> dict:
     """Evaluate a policy under the protocol; episode i uses seed `seed + i`.
 
     With a `demo` and `from_frame`, every episode starts from the demonstration's state after that many
@@ -84,8 +99,16 @@ def evaluate(policy, stage: str, episodes: int = PROTOCOL["episodes"], sticky: f
         if recorder is not None:
             recorder.close()
     where = {"from_frame": from_frame} if from_frame else {}
-    report = summarize(results, stage=stage, sticky=sticky, noop_max=noop_max, act=getattr(policy, "mode", "greedy"),
-                       temperature=getattr(policy, "temperature", None), policy=policy.meta, **where)
+    report = summarize(
+        results,
+        stage=stage,
+        sticky=sticky,
+        noop_max=noop_max,
+        act=getattr(policy, "mode", "greedy"),
+        temperature=getattr(policy, "temperature", None),
+        policy=policy.meta,
+        **where,
+    )
     if from_frame:
         report["cleared_stage"] = False  # a stage is cleared from its start, never from part-way along
     return report

@@ -32,10 +32,10 @@ by any worker to the workers that are behind; they replay it from reset and add
 the cells along it. After the first flag the search goes on for a while (`polish`)
 and keeps the best path to the flag: fewest area changes, then fewest frames.
 
-A found path is a *demonstration* in the format of PROTOCOL.md: one controller
+A found path is a *demonstration* in the format of docs/protocol.md: one controller
 byte per emulator frame after `reset(seed=...)`, replayable on a raw env. It is
-evidence that a path exists, never a clear: see `mario_rl.demo` for turning it
-into a policy.
+evidence that a path exists, never a clear: mario_rl.curriculum and mario_rl.solve
+turn it into a policy.
 """
 
 from __future__ import annotations
@@ -81,27 +81,20 @@ class ExploreConfig:
     share_every: float = 30.0
     """seconds between handing the furthest path to workers that are behind"""
     polish: float = 1.0
-    """after the first flag, search on for this fraction of the time it took, keeping the best path
-    (cells keep their shortest way in, so later paths lose detours; a shorter demonstration is faster to
-    learn from)"""
+    """after the first flag, search on for this fraction of the time it took, keeping the best (shortest) path"""
     frontier: int = 16
     """the newest cells, from which half of the rounds start"""
     frontier_prob: float = 0.5
     """share of rounds that start from the newest cells"""
     furthest: int = 512
-    """the cells at most this many pixels left of the furthest x reached (any area; 512: the last two
-    screens), from which furthest_prob of the rounds start"""
+    """pixels: rounds of --furthest-prob start from cells at most this far left of the furthest x (512: two screens)"""
     furthest_prob: float = 0.25
-    """share of rounds that start from the furthest cells (the rest, 1 - frontier_prob - furthest_prob:
-    from any cell)"""
+    """share of rounds that start from the furthest cells (the rest start from any cell)"""
     sooner: int = 0
-    """a cell reached this many frames sooner than its known way in becomes a frontier cell again, so
-    that the search goes on from the faster arrival and the time saved carries to the cells after it
-    (0: never; a shorter way in then only replaces the old one). Against the stage clock: 8-4's
-    furthest path idled for hundreds of frames in places and ran out of time before the axe"""
+    """frames: a cell reached this much sooner than its known way in becomes a frontier cell again, so the
+    saving carries on to the cells after it (0: never; docs/experiments.md)"""
     start: Path | None = None
-    """a path to begin from (a demonstration JSON, such as an earlier search's furthest.json, for the same
-    stage and seed): every worker first adds the cells along it, so a search can go on where one stopped"""
+    """a demonstration JSON to go on from (e.g. an earlier search's furthest.json, same stage and seed)"""
 
 
 @dataclass
@@ -158,8 +151,13 @@ def cell_key(env) -> tuple[int, int, int, int, int]:
     # the block revealed falls in the cell of the state without it, whose path is shorter, and is
     # dropped (the search stalled at that pipe for 23 minutes). Unchanged blocks are a function of
     # x, so they split nothing.
-    return (int(ram[0x0750]), min(int(ram[0x00B5]), 2), x // 16, int(ram[0x03B8]) // 32,
-            zlib.crc32(blocks_near(env, x).tobytes()))
+    return (
+        int(ram[0x0750]),
+        min(int(ram[0x00B5]), 2),
+        x // 16,
+        int(ram[0x03B8]) // 32,
+        zlib.crc32(blocks_near(env, x).tobytes()),
+    )
 
 
 @dataclass
@@ -194,8 +192,11 @@ class Explorer:
         cell = self.archive.get(key)
         if cell is None or (changes, len(frames)) < (cell.changes, len(cell.frames)):
             new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env), changes)
-            if cell is not None and changes == cell.changes and not (
-                    self.cfg.sooner and len(cell.frames) - len(frames) >= self.cfg.sooner):
+            if (
+                cell is not None
+                and changes == cell.changes
+                and not (self.cfg.sooner and len(cell.frames) - len(frames) >= self.cfg.sooner)
+            ):
                 # Only shorter: keep the counts, so the cell is not "new" again.
                 new.born, new.chosen, new.seen = cell.born, cell.chosen, cell.seen
             else:
@@ -219,7 +220,7 @@ class Explorer:
                 cells = fewer
             # The newest cells are where the search is making progress: without this, an archive
             # of hundreds of cells picks its frontier a fraction of a percent of the time.
-            cells = sorted(cells, key=lambda c: c.born)[-self.cfg.frontier:]
+            cells = sorted(cells, key=lambda c: c.born)[-self.cfg.frontier :]
         elif draw < self.cfg.frontier_prob + self.cfg.furthest_prob:
             # When the newest cells lead nowhere (a dead end, or a way on that needs a rare sequence
             # of buttons), the way on is usually on the last screens reached: 8-4's hidden block, the
@@ -276,8 +277,7 @@ class Explorer:
 
     def status(self) -> dict:
         best = self.best
-        return {"worker": self.worker, "cells": len(self.archive), "best_x": best.x,
-                "frames": self.frames_played}
+        return {"worker": self.worker, "cells": len(self.archive), "best_x": best.x, "frames": self.frames_played}
 
 
 def _worker(cfg: ExploreConfig, worker: int, inbox, outbox, start: bytes = b"") -> None:
@@ -327,7 +327,7 @@ class ExploreResult:
     """area changes along the path"""
 
     def demo(self) -> dict:
-        """The demonstration in PROTOCOL.md's format."""
+        """The demonstration in docs/protocol.md's format."""
         return {"stage": self.stage, "seed": self.seed, "frames": list(self.frames)}
 
 
@@ -339,26 +339,33 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
         raise UserError("explore works on one stage at a time (1-1 ... 8-4), not on game")
     if cfg.minutes <= 0 or cfg.moves <= 0 or cfg.frames_per_move <= 0 or cfg.polish < 0:
         raise UserError("--minutes, --moves and --frames-per-move must be positive, --polish >= 0")
-    if not 0 <= cfg.repeat_prob < 1 or min(cfg.frontier_prob, cfg.furthest_prob) < 0 or (
-            cfg.frontier_prob + cfg.furthest_prob > 1):
-        raise UserError("--repeat-prob must be in [0, 1); --frontier-prob and --furthest-prob must be >= 0 "
-                        "with a sum of at most 1")
+    if (
+        not 0 <= cfg.repeat_prob < 1
+        or min(cfg.frontier_prob, cfg.furthest_prob) < 0
+        or (cfg.frontier_prob + cfg.furthest_prob > 1)
+    ):
+        raise UserError(
+            "--repeat-prob must be in [0, 1); --frontier-prob and --furthest-prob must be >= 0 with a sum of at most 1"
+        )
     if cfg.frontier <= 0 or cfg.furthest <= 0 or cfg.sooner < 0:
-        raise UserError(f"--frontier and --furthest must be positive and --sooner >= 0, got {cfg.frontier}, "
-                        f"{cfg.furthest} and {cfg.sooner}")
+        raise UserError(
+            f"--frontier and --furthest must be positive and --sooner >= 0, got {cfg.frontier}, "
+            f"{cfg.furthest} and {cfg.sooner}"
+        )
     start = b""
     if cfg.start is not None:
         demo = load_demo(cfg.start)
         if demo["stage"] != cfg.stage or int(demo["seed"]) != cfg.seed:
-            raise UserError(f"--start {cfg.start} is a path on {demo['stage']} from seed {demo['seed']}, "
-                            f"not on {cfg.stage} from seed {cfg.seed}")
+            raise UserError(
+                f"--start {cfg.start} is a path on {demo['stage']} from seed {demo['seed']}, "
+                f"not on {cfg.stage} from seed {cfg.seed}"
+            )
         start = bytes(demo["frames"])
     workers = cfg.workers or mp.cpu_count()
     ctx = mp.get_context("fork")
     outbox = ctx.Queue()
     inboxes = [ctx.Queue() for _ in range(workers)]
-    procs = [ctx.Process(target=_worker, args=(cfg, w, inboxes[w], outbox, start), daemon=True)
-             for w in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(cfg, w, inboxes[w], outbox, start), daemon=True) for w in range(workers)]
     t0 = time.monotonic()
     for p in procs:
         p.start()
@@ -412,24 +419,36 @@ def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
     frames_played = sum(s["frames"] for s in status.values())
     cells = sum(s["cells"] for s in status.values())
     if solution is not None:
-        echo(_status_line(elapsed, status) + f" | path to the flag: {len(solution):,} frames, "
-             f"{solution_changes} area changes")
-    return ExploreResult(cfg.stage, cfg.seed, solution is not None, solution if solution is not None else best_path,
-                         elapsed, frames_played, cells, max([s["best_x"] for s in status.values()], default=0),
-                         solution_changes)
+        echo(
+            _status_line(elapsed, status) + f" | path to the flag: {len(solution):,} frames, "
+            f"{solution_changes} area changes"
+        )
+    return ExploreResult(
+        cfg.stage,
+        cfg.seed,
+        solution is not None,
+        solution if solution is not None else best_path,
+        elapsed,
+        frames_played,
+        cells,
+        max([s["best_x"] for s in status.values()], default=0),
+        solution_changes,
+    )
 
 
 def _status_line(seconds: float, status: dict[int, dict]) -> str:
     frames = sum(s["frames"] for s in status.values())
-    return (f"[{int(seconds) // 60:02d}:{int(seconds) % 60:02d}] cells {sum(s['cells'] for s in status.values()):,} | "
-            f"best x {max(s['best_x'] for s in status.values())} | frames {frames:,} "
-            f"({frames / max(seconds, 1e-9):,.0f}/s)")
+    return (
+        f"[{int(seconds) // 60:02d}:{int(seconds) % 60:02d}] cells {sum(s['cells'] for s in status.values()):,} | "
+        f"best x {max(s['best_x'] for s in status.values())} | frames {frames:,} "
+        f"({frames / max(seconds, 1e-9):,.0f}/s)"
+    )
 
 
 def replay(demo: dict, frame_sink=None) -> dict:
     """Replay a demonstration frame by frame on a raw env; report whether it reaches the flag.
 
-    Follows PROTOCOL.md literally: `gym_super_mario_bros.make(...).reset(seed=...)`,
+    Follows docs/protocol.md literally: `gym_super_mario_bros.make(...).reset(seed=...)`,
     then one `step(byte)` per frame.
     """
     import gym_super_mario_bros
@@ -494,11 +513,19 @@ def run_explore(cfg: ExploreConfig, out: Path, video: bool = True, echo=print) -
     check = replay(demo, frame_sink=recorder)
     videos = [str(p) for p in recorder.close()] if recorder is not None else []
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-    summary = {"config": config, "solved": result.solved, "verified": check["flag"], "replay": check,
-               "seconds": round(result.seconds, 1), "frames_played": result.frames_played,
-               "cells": result.cells, "best_x": result.best_x, "demo_frames": len(demo["frames"]),
-               "area_changes": result.changes,
-               "videos": videos}
+    summary = {
+        "config": config,
+        "solved": result.solved,
+        "verified": check["flag"],
+        "replay": check,
+        "seconds": round(result.seconds, 1),
+        "frames_played": result.frames_played,
+        "cells": result.cells,
+        "best_x": result.best_x,
+        "demo_frames": len(demo["frames"]),
+        "area_changes": result.changes,
+        "videos": videos,
+    }
     atomic_write(out / "explore.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     if result.solved and not check["flag"]:
         raise RuntimeError(f"the path found does not replay to the flag: {check}")

@@ -73,8 +73,12 @@ class PolicySchedule:
     `find` and `load` default to the bundled policies (`bundled_policy_path`, `load_policy`); tests pass fakes.
     """
 
-    def __init__(self, seed: int = 0, find: Callable[[str], Path | None] = bundled_policy_path,
-                 load: Callable[[Path], object] = load_policy):
+    def __init__(
+        self,
+        seed: int = 0,
+        find: Callable[[str], Path | None] = bundled_policy_path,
+        load: Callable[[Path], object] = load_policy,
+    ):
         self.find, self.load = find, load
         self._paths: dict[str, Path | None] = {}
         self._agents: dict[str, object] = {}
@@ -242,10 +246,17 @@ def play_game(cfg: GameConfig, echo: Callable[[str], None] = lambda s: None) -> 
     files = recorder.close()
     stage = switcher.stage
     summary = {
-        "reached": stage, "x": switcher.x[stage], "stages": switcher.stages, "x_per_stage": switcher.x,
-        "agents": {s: schedule.label(s) for s in switcher.stages}, "agent_steps": steps,
-        "frames": recorder.count, "lives_lost": switcher.lives_lost, "ended": ended,
-        "seconds": round(time.monotonic() - start, 1), "files": [str(f) for f in files],
+        "reached": stage,
+        "x": switcher.x[stage],
+        "stages": switcher.stages,
+        "x_per_stage": switcher.x,
+        "agents": {s: schedule.label(s) for s in switcher.stages},
+        "agent_steps": steps,
+        "frames": recorder.count,
+        "lives_lost": switcher.lives_lost,
+        "ended": ended,
+        "seconds": round(time.monotonic() - start, 1),
+        "files": [str(f) for f in files],
     }
     echo(format_summary(summary))
     echo("wrote " + ", ".join(summary["files"]))
@@ -253,6 +264,8 @@ def play_game(cfg: GameConfig, echo: Callable[[str], None] = lambda s: None) -> 
 
 
 def format_summary(s: dict) -> str:
-    return (f"reached {s['reached']} at x {s['x']:,} | {s['ended']} | {s['frames']:,} frames "
-            f"({s['agent_steps']:,} agent steps, {s['frames'] / 60:.0f} s of video) | lives lost {s['lives_lost']} | "
-            f"played in {s['seconds']:.0f} s")
+    return (
+        f"reached {s['reached']} at x {s['x']:,} | {s['ended']} | {s['frames']:,} frames "
+        f"({s['agent_steps']:,} agent steps, {s['frames'] / 60:.0f} s of video) | lives lost {s['lives_lost']} | "
+        f"played in {s['seconds']:.0f} s"
+    )

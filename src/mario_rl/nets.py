@@ -14,11 +14,15 @@ class MarioNet(nn.Module):
         if frame_size != 84:
             raise ValueError(f"MarioNet expects 84x84 frames, got {frame_size}x{frame_size}")
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(3136, 512), nn.ReLU(),
+            nn.Linear(3136, 512),
+            nn.ReLU(),
             nn.Linear(512, n_actions),
         )
 
@@ -27,7 +31,7 @@ class MarioNet(nn.Module):
         return self.net(obs.float().div_(255.0))
 
 
-def _ortho(layer: nn.Module, gain: float = 2 ** 0.5, bias: float = 0.0) -> nn.Module:
+def _ortho(layer: nn.Module, gain: float = 2**0.5, bias: float = 0.0) -> nn.Module:
     """Orthogonal weights, constant bias: the PPO initialisation (Engstrom et al., 2020)."""
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.constant_(layer.bias, bias)
@@ -46,11 +50,15 @@ class ActorCritic(nn.Module):
         if frame_size != 84:
             raise ValueError(f"ActorCritic expects 84x84 frames, got {frame_size}x{frame_size}")
         self.torso = nn.Sequential(
-            _ortho(nn.Conv2d(in_channels, 32, 8, stride=4)), nn.ReLU(),
-            _ortho(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
-            _ortho(nn.Conv2d(64, 32, 3, stride=1)), nn.ReLU(),
+            _ortho(nn.Conv2d(in_channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            _ortho(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            _ortho(nn.Conv2d(64, 32, 3, stride=1)),
+            nn.ReLU(),
             nn.Flatten(),
-            _ortho(nn.Linear(32 * 7 * 7, hidden)), nn.ReLU(),
+            _ortho(nn.Linear(32 * 7 * 7, hidden)),
+            nn.ReLU(),
         )
         self.policy = _ortho(nn.Linear(hidden, n_actions), gain=0.01)
         self.value = _ortho(nn.Linear(hidden, 1), gain=1.0)

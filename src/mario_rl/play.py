@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mario_rl.envs import env_id, make_base_env, make_env, check_action_set
+from mario_rl.envs import check_action_set, env_id, make_base_env, make_env
 from mario_rl.errors import UserError
 from mario_rl.evaluate import random_actor, run_episode
 from mario_rl.policy import bundled_policy_path, load_policy
 from mario_rl.video import VideoRecorder
 
 
-def play(stage: str = "1-1", *, policy: str | Path | None = None, random: bool = False, episodes: int = 1,
-         out: Path = Path("mario.mp4"), window: bool = False, seed: int = 0, actions: str | None = None,
-         sticky: float = 0.0, noop_max: int = 0, echo: Callable[[str], None] = lambda s: None) -> dict:
+def play(
+    stage: str = "1-1",
+    *,
+    policy: str | Path | None = None,
+    random: bool = False,
+    episodes: int = 1,
+    out: Path = Path("videos/mario.mp4"),
+    window: bool = False,
+    seed: int = 0,
+    actions: str | None = None,
+    sticky: float = 0.0,
+    noop_max: int = 0,
+    echo: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Play `episodes` episodes of `stage` into one video; returns the summaries and the files written."""
     env_id(stage)
     if episodes < 1:
@@ -51,8 +62,10 @@ def play(stage: str = "1-1", *, policy: str | Path | None = None, random: bool =
                 loaded.seed(seed + i)
             r = run_episode(env, act, seed=seed + i)
             results.append(r)
-            echo(f"  episode {i + 1}: {'CLEARED' if r['cleared'] else 'not cleared'} | x reached {r['x']} | "
-                 f"score {r['score']} | {r['steps']} steps")
+            echo(
+                f"  episode {i + 1}: {'CLEARED' if r['cleared'] else 'not cleared'} | x reached {r['x']} | "
+                f"score {r['score']} | {r['steps']} steps"
+            )
         env.close()
     except BaseException:
         recorder.abort()

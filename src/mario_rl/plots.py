@@ -61,7 +61,7 @@ def plot_learning_curves(episodes_csv: Path, out_dir: Path, window: int = 20) ->
             if ok.any():
                 a.plot(steps[ok], y[ok], alpha=0.3, lw=0.8, label="episode")
                 ma = _moving_average(y[ok], window)
-                a.plot(steps[ok][len(steps[ok]) - len(ma):], ma, lw=1.8, label="moving mean")
+                a.plot(steps[ok][len(steps[ok]) - len(ma) :], ma, lw=1.8, label="moving mean")
             a.set_xlabel("agent steps")
             a.set_title(label)
             a.grid(alpha=0.3)

@@ -1,10 +1,10 @@
 """Policy files: weights in safetensors, and in its header everything needed to use them.
 
-    policy = mario_rl.load_policy("1-1")            # the bundled policy for a stage
-    policy = mario_rl.load_policy("runs/x/policy.safetensors")
-    env = policy.wrap(gym_super_mario_bros.make("SuperMarioBros-1-1-v0"))
-    obs, info = env.reset(seed=0)
-    obs, reward, terminated, truncated, info = env.step(policy.act(obs))
+policy = mario_rl.load_policy("1-1")            # the bundled policy for a stage
+policy = mario_rl.load_policy("runs/x/policy.safetensors")
+env = policy.wrap(gym_super_mario_bros.make("SuperMarioBros-1-1-v0"))
+obs, info = env.reset(seed=0)
+obs, reward, terminated, truncated, info = env.step(policy.act(obs))
 """
 
 from __future__ import annotations
@@ -63,9 +63,7 @@ class Policy:
     def check_actions(self, actions: str | None) -> None:
         """Refuse an action set other than the one the policy was trained for."""
         if actions is not None and actions != self.actions:
-            raise UserError(
-                f"this policy was trained with the {self.actions!r} action set, not {actions!r}"
-            )
+            raise UserError(f"this policy was trained with the {self.actions!r} action set, not {actions!r}")
 
     def wrap(self, base_env: gym.Env) -> gym.Env:
         """Apply exactly this policy's preprocessing to a raw env (byte actions, RGB frames).
@@ -94,12 +92,24 @@ class Policy:
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"Policy({m.get('algorithm')}, {m.get('network')}, stage={m.get('stage')}, "
-                f"actions={self.actions}, steps={m.get('steps')})")
+        return (
+            f"Policy({m.get('algorithm')}, {m.get('network')}, stage={m.get('stage')}, "
+            f"actions={self.actions}, steps={m.get('steps')})"
+        )
 
 
-def save_policy(path: Path, net: nn.Module, *, algorithm: str, network: str, network_kwargs: dict,
-                preprocessing: Preprocessing, stage: str, steps: int, extra: dict | None = None) -> None:
+def save_policy(
+    path: Path,
+    net: nn.Module,
+    *,
+    algorithm: str,
+    network: str,
+    network_kwargs: dict,
+    preprocessing: Preprocessing,
+    stage: str,
+    steps: int,
+    extra: dict | None = None,
+) -> None:
     meta = {
         "format": FORMAT,
         "algorithm": algorithm,
@@ -117,8 +127,7 @@ def save_policy(path: Path, net: nn.Module, *, algorithm: str, network: str, net
 def write_policy(path: Path, policy: Policy) -> None:
     """Write a loaded policy's weights, unchanged, with the act mode and temperature it is to be played
     with in its header (what `load_policy`'s overrides set), atomically."""
-    save_tensors(path, policy.net.state_dict(),
-                 {**policy.meta, "act": policy.mode, "temperature": policy.temperature})
+    save_tensors(path, policy.net.state_dict(), {**policy.meta, "act": policy.mode, "temperature": policy.temperature})
 
 
 def load_policy(path_or_stage: str | Path, mode: str | None = None, temperature: float | None = None) -> Policy:
@@ -147,8 +156,9 @@ MAX_BUNDLED_BYTES = 2 * 1024 * 1024
 """The size limit of a bundled policy file (the repository ships them)."""
 
 
-def bundle_policy(src: str | Path, stage: str, *, act: str | None = None, temperature: float | None = None,
-                  folder: Path = REPO_MODELS) -> Path:
+def bundle_policy(
+    src: str | Path, stage: str, *, act: str | None = None, temperature: float | None = None, folder: Path = REPO_MODELS
+) -> Path:
     """Copy a policy file to `folder`/<stage>.safetensors, where `load_policy(stage)` and `mario-rl play`
     find it, with the act mode and temperature it is to be played with written into its header.
 

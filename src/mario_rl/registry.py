@@ -42,9 +42,24 @@ DEFAULT_PATH = REPO / "models" / "index.json"
 
 
 def empty_entry() -> dict:
-    return {"status": "not started", "policy": None, "sha256": None, "algorithm": None, "recipe": {},
-            "actions": None, "agent_steps": 0, "wall_hours": 0.0, "warm_start": None, "protocol": None,
-            "demo": None, "demo_flag": False, "stage_x": None, "best_x": 0, "progress": 0.0, "note": ""}
+    return {
+        "status": "not started",
+        "policy": None,
+        "sha256": None,
+        "algorithm": None,
+        "recipe": {},
+        "actions": None,
+        "agent_steps": 0,
+        "wall_hours": 0.0,
+        "warm_start": None,
+        "protocol": None,
+        "demo": None,
+        "demo_flag": False,
+        "stage_x": None,
+        "best_x": 0,
+        "progress": 0.0,
+        "note": "",
+    }
 
 
 def new_registry() -> dict:
@@ -175,9 +190,16 @@ def status_rows(reg: dict, root: Path = REPO) -> list[dict]:
     rows = []
     for stage, e in reg["stages"].items():
         problem = check_policy(e, root) if e.get("policy") else None
-        rows.append({"stage": stage, "status": e["status"], "rate": rate_text(e.get("protocol")),
-                     "progress": e.get("progress") or 0.0, "steps": e.get("agent_steps") or 0,
-                     "problem": problem})
+        rows.append(
+            {
+                "stage": stage,
+                "status": e["status"],
+                "rate": rate_text(e.get("protocol")),
+                "progress": e.get("progress") or 0.0,
+                "steps": e.get("agent_steps") or 0,
+                "problem": problem,
+            }
+        )
     return rows
 
 
@@ -206,6 +228,7 @@ def format_status(reg: dict, root: Path = REPO) -> str:
         if r["problem"]:
             lines.append(f"{r['stage']}: error: {r['problem']}")
         if r["rate"]:
-            lines.append(f"{r['stage']}: {r['status']}, protocol {r['rate']} (95% Wilson interval), "
-                         f"{r['steps']:,} agent steps")
+            lines.append(
+                f"{r['stage']}: {r['status']}, protocol {r['rate']} (95% Wilson interval), {r['steps']:,} agent steps"
+            )
     return "\n".join(lines)

@@ -41,8 +41,9 @@ class FrameReplay:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.frames, self.actions, self.rewards, self.dones,
-                                      self.has_next, self.episode_start))
+        return sum(
+            a.nbytes for a in (self.frames, self.actions, self.rewards, self.dones, self.has_next, self.episode_start)
+        )
 
     def _write(self, frame: np.ndarray) -> int:
         j = self.total % self.capacity
@@ -91,16 +92,18 @@ class FrameReplay:
             chosen = np.concatenate([chosen, cand])
         chosen = chosen[:batch_size]
         j = chosen % self.capacity
-        return (self._stacks(chosen), self.actions[j], self.rewards[j],
-                self._stacks(chosen + 1), self.dones[j])
+        return (self._stacks(chosen), self.actions[j], self.rewards[j], self._stacks(chosen + 1), self.dones[j])
 
     # --- checkpointing: plain arrays in, plain arrays out ---
 
     def state_dict(self) -> dict[str, np.ndarray]:
         n = min(self.total, self.capacity)
         return {
-            "frames": self.frames[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
-            "dones": self.dones[:n], "has_next": self.has_next[:n],
+            "frames": self.frames[:n],
+            "actions": self.actions[:n],
+            "rewards": self.rewards[:n],
+            "dones": self.dones[:n],
+            "has_next": self.has_next[:n],
             "episode_start": self.episode_start[:n],
             "counters": np.array([self.total, self._start], np.int64),
         }

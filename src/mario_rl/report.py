@@ -31,8 +31,9 @@ def _start_kind(start: float) -> str:
     return "reset" if start == 0 else "retry" if start < 0 else "demo"
 
 
-def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, since: int = 0,
-               frames: int = 400) -> dict:
+def run_report(
+    run: Path, block: int = 100_000, bin: int = 100, top: int = 3, since: int = 0, frames: int = 400
+) -> dict:
     """Summarize a run's episodes.csv (`run` is the run folder or the file itself) in blocks of `block` steps.
 
     Runs without a start column (no demonstration) count every episode as a real reset."""
@@ -79,10 +80,18 @@ def run_report(run: Path, block: int = 100_000, bin: int = 100, top: int = 3, si
         total["died_at"].update(b["died_at"])
     first = rows[0]["from"] if rows else since
     last = int(data["step"][-1])
-    return {"path": str(path), "block": block, "bin": bin, "blocks": rows,
-            "total": _row(first, last, total, top) if rows else None, "frames": frames,
-            "from_demo": [{"from_frame": f, "episodes": n, "clears": c, "clear_rate": c / n}
-                          for f, (n, c) in sorted(from_demo.items())]}
+    return {
+        "path": str(path),
+        "block": block,
+        "bin": bin,
+        "blocks": rows,
+        "total": _row(first, last, total, top) if rows else None,
+        "frames": frames,
+        "from_demo": [
+            {"from_frame": f, "episodes": n, "clears": c, "clear_rate": c / n}
+            for f, (n, c) in sorted(from_demo.items())
+        ],
+    }
 
 
 def _tally() -> dict:
@@ -93,18 +102,27 @@ def _tally() -> dict:
 def _row(lo: int, hi: int, b: dict, top: int) -> dict:
     resets = b["starts"]["reset"]
     failed = resets - b["reset_clears"]
-    return {"from": lo, "to": hi, "episodes": b["episodes"], "starts": dict(b["starts"]), "resets": resets,
-            "reset_clears": b["reset_clears"], "reset_clear_rate": b["reset_clears"] / resets if resets else None,
-            # Where failures got to, most frequent first, with the share of all failures from a reset.
-            "died_at": [(x, n, n / failed) for x, n in b["died_at"].most_common(top)]}
+    return {
+        "from": lo,
+        "to": hi,
+        "episodes": b["episodes"],
+        "starts": dict(b["starts"]),
+        "resets": resets,
+        "reset_clears": b["reset_clears"],
+        "reset_clear_rate": b["reset_clears"] / resets if resets else None,
+        # Where failures got to, most frequent first, with the share of all failures from a reset.
+        "died_at": [(x, n, n / failed) for x, n in b["died_at"].most_common(top)],
+    }
 
 
 def format_report(report: dict) -> str:
     bin_ = report["bin"]
-    lines = [f"{report['path']}: episodes per {report['block']:,} agent steps; clears and deaths count "
-             f"episodes from a real reset (training: temperature 1)",
-             f"{'steps from':>12} {'episodes':>8} {'reset/demo/retry':>17} {'clears':>9} {'rate':>5}  "
-             f"failures got to x (bins of {bin_})"]
+    lines = [
+        f"{report['path']}: episodes per {report['block']:,} agent steps; clears and deaths count "
+        f"episodes from a real reset (training: temperature 1)",
+        f"{'steps from':>12} {'episodes':>8} {'reset/demo/retry':>17} {'clears':>9} {'rate':>5}  "
+        f"failures got to x (bins of {bin_})",
+    ]
 
     def line(r: dict, label: str) -> str:
         s = r["starts"]
@@ -121,8 +139,12 @@ def format_report(report: dict) -> str:
         if unknown:
             lines.append(f"({unknown} episodes from before episodes.csv recorded starts are left out of the clears)")
     if report["from_demo"]:
-        lines.append(f"episodes started along the demonstration that reached the flag (or axe), by start frame "
-                     f"(bins of {report['frames']}):")
-        lines += [f"{d['from_frame']:>12,} {d['clears']:>8}/{d['episodes']:<8} {d['clear_rate']:.2f}"
-                  for d in report["from_demo"]]
+        lines.append(
+            f"episodes started along the demonstration that reached the flag (or axe), by start frame "
+            f"(bins of {report['frames']}):"
+        )
+        lines += [
+            f"{d['from_frame']:>12,} {d['clears']:>8}/{d['episodes']:<8} {d['clear_rate']:.2f}"
+            for d in report["from_demo"]
+        ]
     return "\n".join(lines)

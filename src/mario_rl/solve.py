@@ -8,7 +8,7 @@
    folder if there is one;
 3. whenever the start has reached the real reset and at least `check_from` of the
    latest 20 training episodes from a real reset cleared, the current policy, acting at
-   `temperature`, is evaluated under PROTOCOL.md on fresh seeds (at most once every
+   `temperature`, is evaluated under docs/protocol.md on fresh seeds (at most once every
    `check_every` steps); a check that passes is repeated on the next 20 seeds (`confirm`),
    and training stops when both pass (or, with --minutes, once search and training have taken that long);
 4. the final evaluation, on its own seeds, goes to eval.json, with a video.
@@ -41,8 +41,7 @@ class SolveConfig:
     out: Path | None = None
     """folder for everything (default: solutions/<stage>); solve resumes from what it holds"""
     explore_minutes: float = 30.0
-    """wall-clock limit of the search for a demonstration (it stops earlier once it has a path to the flag and
-    has polished it for as long again; 8-4's took 16 minutes to its first axe)"""
+    """wall-clock limit of the search for a demonstration (it stops earlier once it has one and has polished it)"""
     steps: int = 2_000_000
     """PPO agent-step budget (also the length of its learning-rate schedule)"""
     envs: int = 16
@@ -50,49 +49,42 @@ class SolveConfig:
     actions: str = "complex"
     """buttons for both the search and the policy"""
     sticky: float = 0.25
-    """frame-level sticky actions while training and evaluating (PROTOCOL.md: 0.25)"""
+    """frame-level sticky actions while training and evaluating (docs/protocol.md: 0.25)"""
     noop_max: int = 30
-    """no-op frames at reset while training and evaluating (PROTOCOL.md: 30)"""
+    """no-op frames at reset while training and evaluating (docs/protocol.md: 30)"""
     seed: int = 0
     """seed of the search and of the training run"""
     eval_seed: int = 1000
     """first seed of the final evaluation (checks during training use other seeds)"""
     eval_episodes: int = 20
-    """episodes of the final evaluation (PROTOCOL.md: 20; a pass needs 20 or more)"""
+    """episodes of the final evaluation (docs/protocol.md: 20; a pass needs 20 or more)"""
     temperature: float = 0.25
     """sampling temperature of the policy in the checks and the final evaluation, written into
-    policy.safetensors (1: as it acts in training). Training samples at 1 to explore; a sharper policy
-    makes fewer slips: the bundled 1-1 policy cleared 85/100 protocol episodes at 1 and 93/100 at 0.25"""
+    policy.safetensors (1: as in training; docs/results/1-1.md)"""
     check_from: int = 12
     """clears among the latest 20 training episodes from a real reset (at temperature 1) that start a check"""
     check_every: int = 100_000
-    """agent steps between checks, at least (a check plays 20 protocol episodes, about 2 minutes here)"""
+    """agent steps between checks, at least (a check plays 20 protocol episodes)"""
     confirm: bool = True
-    """repeat a check that passes on the next 20 seeds and stop training only if that passes too. One check is
-    a noisy test: a policy that clears 80% of episodes passes it 21% of the time (a 4-4 check cleared 19/20 and
-    the final evaluation after it 15/20); it passes two in a row 4% of the time, a 95% policy 86% of the time"""
+    """repeat a passing check on the next 20 seeds and stop only if that passes too (an 80% policy passes one
+    check 21% of the time, two in a row 4%)"""
     demo_order: str = "backward"
-    """where PPO episodes start: backward (near the flag first, moving back as the agent clears),
-    uniform (anywhere along the demonstration from the start) or prioritized (anywhere, more often
-    where the agent clears only sometimes)"""
+    """where PPO episodes start: backward, uniform or prioritized (PPOConfig.demo_order; docs/design.md)"""
     demo_retry: float = 0.25
     """share of PPO's non-reset starts taken from shortly before the agent's own recent deaths
     (PPOConfig.demo_retry)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
     gamma: float | None = None
-    """PPO's discount factor for a new run (None: PPOConfig's, 0.9). Under sticky actions a short horizon
-    prefers a risky jump now to a safe one a second later; see the README"""
+    """PPO's discount factor for a new run (None: PPOConfig's, 0.9; 0.99 did better on 1-2, docs/results/1-2.md)"""
     reward_scale: float | None = None
-    """PPO's reward scale for a new run (None: PPOConfig's, 0.05); with a longer horizon the returns grow,
-    and a smaller scale keeps the value head's targets in the same range"""
+    """PPO's reward scale for a new run (None: PPOConfig's, 0.05; use 0.01 with --gamma 0.99)"""
     bc_epochs: int = 0
     """epochs of behaviour cloning on the demonstration before PPO's first update, in a new run
     (PPOConfig.bc_epochs, mario_rl.bc); 0: PPO from a random network"""
     minutes: float | None = None
-    """wall-clock limit of the search and the training together: training stops after the update that passes
-    it (the final evaluation runs after that); None: none. Set --steps to what fits, since the learning
-    rate decays linearly to 0 at --steps"""
+    """minutes of search and training together, then the final evaluation (None: no limit); set --steps to
+    what fits, since the learning rate decays to 0 at --steps"""
     eval_video: bool = True
     """record the final evaluation as eval.mp4 (and eval.gif)"""
     resume_set: tuple[str, ...] = ()
@@ -100,8 +92,9 @@ class SolveConfig:
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
 
 
-def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = None,
-          ppo_overrides: dict | None = None) -> dict:
+def solve(
+    cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = None, ppo_overrides: dict | None = None
+) -> dict:
     """Run the pipeline; returns the final evaluation's result (what eval.json holds).
 
     `stop(step)`, called after every PPO update, ends training early when it returns True (the campaign's
@@ -128,13 +121,28 @@ def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = Non
     resuming = (run_dir / "checkpoint.safetensors").exists()
     if cfg.resume_set and not resuming:
         raise UserError(f"--resume-set changes a resumed run's settings, and {run_dir} holds none")
-    ppo = PPOConfig(stage=cfg.stage, actions=cfg.actions, envs=cfg.envs, steps=cfg.steps, sticky=cfg.sticky,
-                    noop_max=cfg.noop_max, seed=cfg.seed, demo=demo_path, demo_order=cfg.demo_order,
-                    demo_retry=cfg.demo_retry, bc_epochs=cfg.bc_epochs, run_dir=run_dir,
-                    resume=resuming, resume_set=cfg.resume_set,
-                    checkpoint_every=cfg.checkpoint_every,
-                    **({"video_steps": 1500} | {k: getattr(cfg, k) for k in ("gamma", "reward_scale")
-                                                if getattr(cfg, k) is not None} | (ppo_overrides or {})))
+    ppo = PPOConfig(
+        stage=cfg.stage,
+        actions=cfg.actions,
+        envs=cfg.envs,
+        steps=cfg.steps,
+        sticky=cfg.sticky,
+        noop_max=cfg.noop_max,
+        seed=cfg.seed,
+        demo=demo_path,
+        demo_order=cfg.demo_order,
+        demo_retry=cfg.demo_retry,
+        bc_epochs=cfg.bc_epochs,
+        run_dir=run_dir,
+        resume=resuming,
+        resume_set=cfg.resume_set,
+        checkpoint_every=cfg.checkpoint_every,
+        **(
+            {"video_steps": 1500}
+            | {k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None}
+            | (ppo_overrides or {})
+        ),
+    )
     ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
     t0 = time.monotonic()
     timings: dict[str, float] = {}  # seconds; and stopped_at_step when --minutes ran out
@@ -145,11 +153,13 @@ def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = Non
     else:
         minutes = cfg.explore_minutes if cfg.minutes is None else min(cfg.explore_minutes, cfg.minutes)
         echo(f"exploring {cfg.stage} for up to {minutes:g} minutes ...")
-        result = run_explore(ExploreConfig(cfg.stage, minutes=minutes, actions=cfg.actions,
-                                           seed=cfg.seed), out / "explore", echo=echo)
+        result = run_explore(
+            ExploreConfig(cfg.stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed), out / "explore", echo=echo
+        )
         if not result.solved:
-            raise SolveFailed(f"no path to the flag found in {minutes:g} minutes "
-                              f"(best x {result.best_x}); see {out / 'explore'}")
+            raise SolveFailed(
+                f"no path to the flag found in {minutes:g} minutes (best x {result.best_x}); see {out / 'explore'}"
+            )
         echo(f"demonstration found: {len(result.frames):,} frames after {result.seconds:.0f} s of search")
     timings["explore_s"] = time.monotonic() - t0
 
@@ -176,7 +186,11 @@ def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = Non
         # and 1-2's checks after each resume replayed seeds 100000..100019.
         passed, records = run_check(
             lambda seed: evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=seed),
-            step, 100_000 + 10 * step, cfg.confirm, echo)
+            step,
+            100_000 + 10 * step,
+            cfg.confirm,
+            echo,
+        )
         checks.extend(r | {"temperature": cfg.temperature} for r in records)
         return passed
 
@@ -190,13 +204,26 @@ def solve(cfg: SolveConfig, echo=print, stop: Callable[[int], bool] | None = Non
     policy_path = out / "policy.safetensors"
     write_policy(policy_path, load_policy(run.policy_path, temperature=cfg.temperature))
     policy = load_policy(policy_path)
-    echo(f"evaluating under PROTOCOL.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
-    result = evaluate(policy, cfg.stage, episodes=cfg.eval_episodes, sticky=cfg.sticky, noop_max=cfg.noop_max,
-                      seed=cfg.eval_seed, video=out / "eval.mp4" if cfg.eval_video else None)
+    echo(f"evaluating under docs/protocol.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
+    result = evaluate(
+        policy,
+        cfg.stage,
+        episodes=cfg.eval_episodes,
+        sticky=cfg.sticky,
+        noop_max=cfg.noop_max,
+        seed=cfg.eval_seed,
+        video=out / "eval.mp4" if cfg.eval_video else None,
+    )
     timings["total_s"] = time.monotonic() - t0
-    result |= {"checks": checks, "timings": timings, "protocol": PROTOCOL,
-               "passed": result["episodes"] >= PROTOCOL["episodes"] and result["cleared_stage"]
-               and cfg.sticky == PROTOCOL["sticky"] and cfg.noop_max == PROTOCOL["noop_max"]}
+    result |= {
+        "checks": checks,
+        "timings": timings,
+        "protocol": PROTOCOL,
+        "passed": result["episodes"] >= PROTOCOL["episodes"]
+        and result["cleared_stage"]
+        and cfg.sticky == PROTOCOL["sticky"]
+        and cfg.noop_max == PROTOCOL["noop_max"],
+    }
     atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     return result
 

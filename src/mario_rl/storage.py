@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mario_rl.errors import UserError
@@ -128,11 +127,17 @@ def flatten_state(prefix: str, obj, tensors: dict, path: str = ""):
         tensors[key] = obj
         return {"__tensor__": key}
     if isinstance(obj, dict):
-        return {"__dict__": [[k, flatten_state(prefix, v, tensors, f"{path}.{k}" if path else str(k))]
-                             for k, v in obj.items()]}
+        return {
+            "__dict__": [
+                [k, flatten_state(prefix, v, tensors, f"{path}.{k}" if path else str(k))] for k, v in obj.items()
+            ]
+        }
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [flatten_state(prefix, v, tensors, f"{path}.{i}" if path else str(i))
-                             for i, v in enumerate(obj)]}
+        return {
+            "__list__": [
+                flatten_state(prefix, v, tensors, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)
+            ]
+        }
     return obj
 
 

@@ -104,8 +104,10 @@ def _parse_resume_set(items: tuple[str, ...], saved: dict) -> dict:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in saved or key in _FIXED_ON_RESUME:
-            raise UserError(f"--resume-set {item!r}: expected KEY=VALUE with KEY a setting of this run other than "
-                            f"{', '.join(_FIXED_ON_RESUME)}")
+            raise UserError(
+                f"--resume-set {item!r}: expected KEY=VALUE with KEY a setting of this run other than "
+                f"{', '.join(_FIXED_ON_RESUME)}"
+            )
         old = saved[key]
         try:
             if isinstance(old, bool):
@@ -166,8 +168,7 @@ class Run:
         except OSError as e:
             raise UserError(f"cannot create run folder {self.dir}: {e.strerror or e}") from None
         self.cfg = cfg
-        atomic_write(self.dir / "config.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2)))
+        atomic_write(self.dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2)))
         start_step = self.resumed_state[1]["step"] if self.resumed_state else 0
         self._episodes_csv = self.dir / "episodes.csv"
         self._truncate_csv(self._episodes_csv, start_step)
@@ -212,8 +213,12 @@ class Run:
         self._csv_file.flush()
         self.best_x = max(self.best_x, int(values.get("x", 0)))
         self.recent.append(values)
-        for key, tag in (("return", "episodic_return"), ("length", "episodic_length"),
-                         ("x", "x_reached"), ("flag", "flag")):
+        for key, tag in (
+            ("return", "episodic_return"),
+            ("length", "episodic_length"),
+            ("x", "x_reached"),
+            ("flag", "flag"),
+        ):
             if key in values:
                 self.tb.add_scalar(f"charts/{tag}", values[key], step)
 
@@ -225,8 +230,9 @@ class Run:
     def tick(self, step: int, **status) -> None:
         """Called every step or so: refreshes the progress display and, now and then, the plots."""
         mean_return = np.mean([r["return"] for r in self.recent]) if self.recent else float("nan")
-        self.progress.update(step, episodes=status.pop("episodes", 0), mean_return=mean_return,
-                             best_x=self.best_x, **status)
+        self.progress.update(
+            step, episodes=status.pop("episodes", 0), mean_return=mean_return, best_x=self.best_x, **status
+        )
         if time.monotonic() - self._last_plot > self.cfg.plot_every:
             self.plot()
             self.tb.add_scalar("charts/SPS", self.progress.sps, step)
@@ -244,7 +250,8 @@ class Run:
         self._csv_file.flush()
         self._plotter = subprocess.Popen(
             [sys.executable, "-m", "mario_rl.plots", str(self._episodes_csv), str(self.dir / "plots")],
-            stdout=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+        )
         self._last_plot = time.monotonic()
 
     # --- checkpoints, policies, videos ---
@@ -279,8 +286,10 @@ class Run:
         self.plot(final=True)
         save(step)
         trained = step - start_step
-        print(f"trained {trained:,} agent steps in {seconds:.1f} s ({trained / max(seconds, 1e-9):.1f} steps/s)",
-              flush=True)
+        print(
+            f"trained {trained:,} agent steps in {seconds:.1f} s ({trained / max(seconds, 1e-9):.1f} steps/s)",
+            flush=True,
+        )
 
     def close(self) -> None:
         """Finish: the final plots (started earlier by plot(final=True), or now), events, files."""
@@ -307,8 +316,13 @@ class ProgressDisplay:
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+            self._bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+            )
             self._task = self._bar.add_task("train", total=total, completed=start, status="")
             self._bar.start()
 

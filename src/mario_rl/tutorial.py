@@ -113,10 +113,16 @@ class MarioNet(nn.Module):
         super().__init__()
         c, h, w = input_dim
         self.online = nn.Sequential(
-            nn.Conv2d(in_channels=c, out_channels=32, kernel_size=8, stride=4), nn.ReLU(),
-            nn.Conv2d(in_channels=32, out_channels=64, kernel_size=4, stride=2), nn.ReLU(),
-            nn.Conv2d(in_channels=64, out_channels=64, kernel_size=3, stride=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, output_dim),
+            nn.Conv2d(in_channels=c, out_channels=32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(in_channels=32, out_channels=64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(in_channels=64, out_channels=64, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3136, 512),
+            nn.ReLU(),
+            nn.Linear(512, output_dim),
         )
         self.target = copy.deepcopy(self.online)
         for p in self.target.parameters():
@@ -220,10 +226,13 @@ class MetricLogger:
         matplotlib.use("Agg")
         self.save_log = save_dir / "log"
         with open(self.save_log, "w") as f:
-            f.write(f"{'Episode':>8}{'Step':>8}{'Epsilon':>10}{'MeanReward':>15}{'MeanLength':>15}"
-                    f"{'MeanLoss':>15}{'MeanQValue':>15}{'TimeDelta':>15}{'Time':>20}\n")
-        self.plots = {name: save_dir / f"{name}_plot.jpg"
-                      for name in ("ep_rewards", "ep_lengths", "ep_avg_losses", "ep_avg_qs")}
+            f.write(
+                f"{'Episode':>8}{'Step':>8}{'Epsilon':>10}{'MeanReward':>15}{'MeanLength':>15}"
+                f"{'MeanLoss':>15}{'MeanQValue':>15}{'TimeDelta':>15}{'Time':>20}\n"
+            )
+        self.plots = {
+            name: save_dir / f"{name}_plot.jpg" for name in ("ep_rewards", "ep_lengths", "ep_avg_losses", "ep_avg_qs")
+        }
         self.ep_rewards, self.ep_lengths, self.ep_avg_losses, self.ep_avg_qs = [], [], [], []
         self.moving_avg = {name: [] for name in self.plots}
         self.init_episode()
@@ -264,12 +273,16 @@ class MetricLogger:
         last = time.time()
         delta, self.record_time = np.round(last - self.record_time, 3), last
         m = {name: values[-1] for name, values in self.moving_avg.items()}
-        print(f"Episode {episode} - Step {step} - Epsilon {epsilon} - Mean Reward {m['ep_rewards']} - "
-              f"Mean Length {m['ep_lengths']} - Mean Loss {m['ep_avg_losses']} - Mean Q Value {m['ep_avg_qs']} - "
-              f"Time Delta {delta}")
+        print(
+            f"Episode {episode} - Step {step} - Epsilon {epsilon} - Mean Reward {m['ep_rewards']} - "
+            f"Mean Length {m['ep_lengths']} - Mean Loss {m['ep_avg_losses']} - Mean Q Value {m['ep_avg_qs']} - "
+            f"Time Delta {delta}"
+        )
         with open(self.save_log, "a") as f:
-            f.write(f"{episode:8d}{step:8d}{epsilon:10.3f}{m['ep_rewards']:15.3f}{m['ep_lengths']:15.3f}"
-                    f"{m['ep_avg_losses']:15.3f}{m['ep_avg_qs']:15.3f}{delta:15.3f}{time.ctime():>20}\n")
+            f.write(
+                f"{episode:8d}{step:8d}{epsilon:10.3f}{m['ep_rewards']:15.3f}{m['ep_lengths']:15.3f}"
+                f"{m['ep_avg_losses']:15.3f}{m['ep_avg_qs']:15.3f}{delta:15.3f}{time.ctime():>20}\n"
+            )
         for name, path in self.plots.items():
             plt.clf()
             plt.plot(self.moving_avg[name], label=f"moving_avg_{name}")
@@ -318,8 +331,10 @@ def main(argv=None) -> int:
         episodes += 1
     elapsed = time.perf_counter() - t0
     shutil.rmtree(save_dir, ignore_errors=True)
-    print(f"tutorial loop: {mario.curr_step} steps, {episodes} episodes, {elapsed:.1f} s, "
-          f"{mario.curr_step / elapsed:.1f} steps/s")
+    print(
+        f"tutorial loop: {mario.curr_step} steps, {episodes} episodes, {elapsed:.1f} s, "
+        f"{mario.curr_step / elapsed:.1f} steps/s"
+    )
     return 0
 
 

@@ -28,8 +28,7 @@ class VideoRecorder:
     every `gif_every`-th frame, at most `gif_seconds` of it, in memory.
     """
 
-    def __init__(self, out: Path, fps: int = 60, gif_every: int = 4, gif_seconds: float = 60.0,
-                 window: bool = False):
+    def __init__(self, out: Path, fps: int = 60, gif_every: int = 4, gif_seconds: float = 60.0, window: bool = False):
         import imageio.v2 as imageio
 
         self.out = check_output_path(out)
@@ -44,7 +43,11 @@ class VideoRecorder:
         # ffmpeg picks the container from the extension, so the temp name keeps ".mp4".
         self._tmp_mp4 = self.mp4.with_name(f".{self.mp4.stem}.tmp.mp4")
         self._writer = imageio.get_writer(
-            self._tmp_mp4, fps=fps, codec="libx264", quality=7, macro_block_size=1,
+            self._tmp_mp4,
+            fps=fps,
+            codec="libx264",
+            quality=7,
+            macro_block_size=1,
             ffmpeg_log_level="error",
         )
 
@@ -64,8 +67,7 @@ class VideoRecorder:
         written = [self.mp4]
         if self.gif_frames:
             tmp_gif = self.gif.with_name(f".{self.gif.stem}.tmp.gif")
-            iio.imwrite(tmp_gif, np.stack(self.gif_frames), duration=1000 * self.gif_every / self.fps,
-                        loop=0)
+            iio.imwrite(tmp_gif, np.stack(self.gif_frames), duration=1000 * self.gif_every / self.fps, loop=0)
             os.replace(tmp_gif, self.gif)
             written.append(self.gif)
         if self._viewer is not None:

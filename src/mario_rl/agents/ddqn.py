@@ -10,16 +10,8 @@ What differs from the tutorial, and why (none of it changes the algorithm):
 - Adam runs its fused kernel (same update, one pass over memory), and denormal
   floats are flushed to zero (tiny Adam moments otherwise slow the CPU down).
 
-Tried and dropped, measured on the 2-core machine (the learner's update keeps both
-cores busy, so overlapping the emulator with it gains nothing here):
-- the emulator stepped in a thread while the network learns: 42 instead of 53
-  agent steps/s;
-- the emulator in its own process, playing ahead through random actions (exactly
-  the same results): 45-47 agent steps/s at nice 0, 5 or 19, against 51 without
-  it; at normal priority an update next to a busy emulator process took 160 ms
-  instead of 41 (OpenMP threads stall);
-- the target network's passes on a second thread: 61 ms per update instead of 41;
-- torch.compile (no faster, 30 s to compile); channels-last tensors (slower).
+Speed-ups tried and dropped (the emulator in a thread or a process of its own, the
+target network on a second thread, torch.compile, channels-last) are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -38,8 +30,7 @@ from mario_rl.nets import MarioNet
 from mario_rl.policy import save_policy
 from mario_rl.replay import FrameReplay
 from mario_rl.storage import flatten_state, unflatten_state
-from mario_rl.training import (Run, TrainConfig, rng_state, set_rng_state, set_torch_rng,
-                               torch_rng_tensors)
+from mario_rl.training import Run, TrainConfig, rng_state, set_rng_state, set_torch_rng, torch_rng_tensors
 
 
 @dataclass
@@ -85,8 +76,13 @@ class DDQNConfig(TrainConfig):
             raise UserError(f"--lr must be positive, got {self.lr}")
 
 
-def double_dqn_target(reward: torch.Tensor, terminated: torch.Tensor, gamma: float,
-                      next_q_online: torch.Tensor, next_q_target: torch.Tensor) -> torch.Tensor:
+def double_dqn_target(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    next_q_online: torch.Tensor,
+    next_q_target: torch.Tensor,
+) -> torch.Tensor:
     """r + gamma * (1 - terminated) * Q_target(s', argmax_a Q_online(s', a)).
 
     The online network chooses the next action; the target network scores it
@@ -159,14 +155,18 @@ class DDQNAgent:
         tensors |= torch_rng_tensors()
         if self.cfg.save_replay:
             tensors |= {f"replay.{k}": v for k, v in self.replay.state_dict().items()}
-        state = {"optim": optim, "exploration_rate": self.exploration_rate,
-                 "act_rng": rng_state(self.act_rng), "replay_rng": rng_state(self.replay_rng),
-                 "learn_from": self.learn_from}
+        state = {
+            "optim": optim,
+            "exploration_rate": self.exploration_rate,
+            "act_rng": rng_state(self.act_rng),
+            "replay_rng": rng_state(self.replay_rng),
+            "learn_from": self.learn_from,
+        }
         return tensors, state
 
     def load(self, tensors: dict, state: dict, step: int) -> None:
         def sub(prefix):
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
         self.online.load_state_dict(sub("online."))
         self.target.load_state_dict(sub("target."))
@@ -203,8 +203,16 @@ def train(cfg: DDQNConfig) -> Run:
     def save(step: int) -> None:
         tensors, state = agent.state()
         run.save_checkpoint(step, tensors, {**state, "episode": episode})
-        save_policy(run.policy_path, agent.online, algorithm="ddqn", network="MarioNet",
-                    network_kwargs=agent.net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step)
+        save_policy(
+            run.policy_path,
+            agent.online,
+            algorithm="ddqn",
+            network="MarioNet",
+            network_kwargs=agent.net_kwargs,
+            preprocessing=pre,
+            stage=cfg.stage,
+            steps=step,
+        )
         run.record_video(agent.greedy, step)
 
     def new_episode():
@@ -235,11 +243,17 @@ def train(cfg: DDQNConfig) -> Run:
 
             if terminated or truncated or info["flag_get"]:
                 episode += 1
-                run.log_episode(step, episode=episode, **{"return": round(ep_return, 3)}, length=ep_len,
-                                x=ep_x, flag=int(bool(info["flag_get"])),
-                                epsilon=round(agent.exploration_rate, 6),
-                                loss=round(float(np.mean(ep_loss)), 6) if ep_loss else "",
-                                q=round(float(np.mean(ep_q)), 6) if ep_q else "")
+                run.log_episode(
+                    step,
+                    episode=episode,
+                    **{"return": round(ep_return, 3)},
+                    length=ep_len,
+                    x=ep_x,
+                    flag=int(bool(info["flag_get"])),
+                    epsilon=round(agent.exploration_rate, 6),
+                    loss=round(float(np.mean(ep_loss)), 6) if ep_loss else "",
+                    q=round(float(np.mean(ep_q)), 6) if ep_q else "",
+                )
                 ep_return, ep_len, ep_x, ep_loss, ep_q = 0.0, 0, 0, [], []
                 next_obs = new_episode()
             obs = next_obs
@@ -259,4 +273,3 @@ def train(cfg: DDQNConfig) -> Run:
         env.close()
         run.close()
     return run
-

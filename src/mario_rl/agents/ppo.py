@@ -34,25 +34,19 @@ class PPOConfig(TrainConfig):
     actions: str = "simple"
     """action set: right, right_only, simple or complex"""
     envs: int = 16
-    """parallel emulators, one process each; several per core keep every core busy (bench: 16 on 2 cores)"""
+    """parallel emulators (grouped into one process per core when they divide evenly)"""
     num_steps: int = 128
     """steps per env in each rollout"""
     env_parts: int = 0
-    """the envs step in this many parts, in turns: the learner picks one part's actions while the other
-    parts' emulators run, instead of leaving the cores idle during its forward pass (1: all step together;
-    0: two when --envs is even and at least 4, else one). Measured here, 16 envs on 2 cores, two pairs of
-    runs: one part 201.5 and 210.4 agent steps/s, two parts 215.7 and 244.4 (the machine drifts)"""
+    """the envs step in this many parts, in turns, so the learner's forward pass overlaps emulation
+    (0: two when --envs is even and at least 4, else one; docs/performance.md)"""
     lr: float = 2.5e-4
     """Adam learning rate, annealed linearly to 0 when --anneal-lr"""
     anneal_lr: bool = True
     """anneal the learning rate linearly over the run"""
     gamma: float = 0.9
-    """discount factor (Mario's rewards are dense; 0.9 as in the tutorial and public Mario PPO runs, which
-    train without sticky actions). Under sticky actions a short horizon is impatient: at 0.9 a reward 20
-    steps later counts 0.12, so a jump now with a fair chance of death beats waiting a second for a Piranha
-    Plant to go down. 1-2, resumed at 4.3M steps with 0.99 (and --reward-scale 0.01), went from 0.47 to
-    0.60 clears from a real reset after 400k steps, its deaths at the Piranha Plants from 20% to 8% of the
-    episodes (one run; the README has the figures)"""
+    """discount factor (0.9 as in the tutorial; under sticky actions 0.99 with --reward-scale 0.01 did better
+    on 1-2: docs/results/1-2.md)"""
     gae_lambda: float = 0.95
     """lambda of generalized advantage estimation"""
     num_minibatches: int = 4
@@ -74,41 +68,33 @@ class PPOConfig(TrainConfig):
     micro_batch: int = 128
     """samples per forward/backward pass; a minibatch's gradient is summed over them (same update, less time)"""
     precision: str = "auto"
-    """the convolutions' arithmetic: fp32; bf16 (bfloat16 autocast, float32 weights, optimizer and heads,
-    as mixed-precision training does on GPUs); auto: bf16 where the CPU computes bfloat16 natively
-    (avx512_bf16/AMX), else fp32. On this CPU bf16 took a PPO update from about 2.3 to 1.6 s and a rollout's
-    inference from 0.43 to 0.31 s; a gradient on 1-1 frames kept a cosine of 0.997 to float32's
-    (see the README for the learning comparison)"""
+    """the convolutions' arithmetic: fp32, bf16 (autocast; weights, optimizer and heads stay float32) or auto
+    (bf16 where the CPU computes bfloat16 natively, else fp32; docs/performance.md)"""
     demo: Path | None = None
     """a demonstration (mario-rl explore's demo.json): start episodes along it, moving back as the agent learns"""
     demo_order: str = "backward"
-    """backward: start near the flag and move back as the agent clears (Salimans and Chen);
-    uniform: start anywhere along the demonstration from the first update;
-    prioritized: anywhere, more often where the agent clears only sometimes (curriculum.StartPriorities)"""
+    """backward (near the flag first, moving back as the agent clears), uniform (anywhere along the
+    demonstration) or prioritized (anywhere, more often where it clears only sometimes); docs/design.md"""
     demo_back: int = 8
     """demonstration start states (16 frames apart) the start moves back each time"""
     demo_behind: float = 0.3
     """share of the demonstration starts drawn from anywhere after the current ones (the stretches
     already learned), the rest from the current ones; 0 is Salimans and Chen's"""
     demo_retry: float = 0.25
-    """share of the starts that are not real resets drawn instead from the agent's own states shortly
-    before its recent deaths (envs.DemoStart): it practises where it fails from the states it reaches
-    by itself, not only from the demonstration's; 0: never"""
+    """share of the non-reset starts taken from the agent's own states shortly before its recent deaths
+    (envs.DemoStart); 0: never"""
     demo_success: float = 0.2
-    """clear rate from the current starts that moves them back (Salimans and Chen move at 20%: the
-    stretches already learned are still played, and trained, on every episode from further back)"""
+    """clear rate from the current starts that moves them back (backward order)"""
     bc_epochs: int = 0
-    """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new
-    run only): the network starts out pressing what the demonstration pressed, and its value head
-    predicting what that earned; 0: PPO from a random network"""
+    """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new run
+    only); 0: PPO from a random network"""
     bc_passes: int = 2
     """perturbed passes along the demonstration in the cloning data (mario_rl.bc.demo_dataset)"""
     bootstrap_truncated: bool = True
     """a truncated episode (DemoStart's frame budget) is not a death: its last reward gets gamma x the value of
     its final observation, instead of the zero that ending the episode there would give"""
     device: str = "cpu"
-    """where the learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); the emulators always run on
-    CPU processes. On cuda, --precision auto means float32 and a minibatch is one pass (no micro-batches)"""
+    """where the learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); the emulators run on the CPU"""
     init_policy: Path | None = None
     """a policy file (same network and action set) whose weights a new run starts from: a warm start from
     another stage's policy (mario-rl campaign); ignored on resume"""
@@ -183,21 +169,31 @@ def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
         agent.load_state_dict(weights, strict=policy.actions == actions)
     except RuntimeError as e:
         raise UserError(f"--init-policy {path}: weights do not fit ({str(e).splitlines()[0]})") from None
-    what = "all weights" if policy.actions == actions else f"torso and value head ({policy.actions} -> {actions} actions)"
-    print(f"warm start from {path} ({policy.meta.get('stage')}, {policy.meta.get('steps', 0):,} steps): {what}",
-          flush=True)
+    what = (
+        "all weights" if policy.actions == actions else f"torso and value head ({policy.actions} -> {actions} actions)"
+    )
+    print(
+        f"warm start from {path} ({policy.meta.get('stage')}, {policy.meta.get('steps', 0):,} steps): {what}",
+        flush=True,
+    )
 
 
 def half_moments(state: dict) -> dict:
     """An Adam state_dict with its moments in bfloat16, for checkpoints: the file shrinks from 5.6 to 3.7 MB
     (the weights stay float32), and load_state_dict casts them back to the weights' float32. bfloat16 keeps
     float32's exponent range, so the tiny second moments do not underflow as they would in float16."""
-    return {**state, "state": {k: {name: v.to(torch.bfloat16) if name in ("exp_avg", "exp_avg_sq") else v
-                                   for name, v in st.items()} for k, st in state["state"].items()}}
+    return {
+        **state,
+        "state": {
+            k: {name: v.to(torch.bfloat16) if name in ("exp_avg", "exp_avg_sq") else v for name, v in st.items()}
+            for k, st in state["state"].items()
+        },
+    }
 
 
-def truncation_bonus(terminated: np.ndarray, truncated: np.ndarray, final_values: torch.Tensor,
-                     gamma: float) -> torch.Tensor:
+def truncation_bonus(
+    terminated: np.ndarray, truncated: np.ndarray, final_values: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """What to add to the last rewards of envs whose episode ended: gamma x V(final observation) where it was
     truncated and not terminated (Mario still alive when the episode was cut), 0 elsewhere. GAE treats every
     end as terminal, so without this the value target of a living Mario is cut to zero there."""
@@ -205,8 +201,15 @@ def truncation_bonus(terminated: np.ndarray, truncated: np.ndarray, final_values
     return torch.where(alive, gamma * final_values, torch.zeros_like(final_values))
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
-        next_done: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    next_value: torch.Tensor,
+    next_done: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over a (T, N) rollout; returns (advantages, returns).
 
     dones[t] says the observation at step t began a new episode (the previous one
@@ -226,16 +229,25 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_v
     return advantages, advantages + values
 
 
-def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
-             clip_coef: float) -> torch.Tensor:
+def ppo_loss(
+    new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, clip_coef: float
+) -> torch.Tensor:
     """The clipped surrogate objective, as a loss: mean of max(-A r, -A clip(r, 1-e, 1+e))."""
     ratio = (new_logprob - old_logprob).exp()
     return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
 
 
-def minibatch_backward(agent: nn.Module, cfg: PPOConfig, obs: torch.Tensor, actions: torch.Tensor,
-                       old_logprob: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
-                       adv: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+def minibatch_backward(
+    agent: nn.Module,
+    cfg: PPOConfig,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    old_logprob: torch.Tensor,
+    old_value: torch.Tensor,
+    returns: torch.Tensor,
+    adv: torch.Tensor,
+    bf16: bool = False,
+) -> torch.Tensor:
     """Backpropagate one minibatch's PPO loss; return its [policy loss, value loss, entropy, clip fraction].
 
     The gradient is summed over micro-batches of `cfg.micro_batch` samples, each
@@ -315,8 +327,15 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                     for start, flag in zip(past.get("start", ()), past.get("flag", ())):
                         if start == start:  # not NaN: rows from before starts were recorded have none
                             priorities.record(int(start), flag > 0)
-    envs = make_vec_env(cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo,
-                        parts=cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1))
+    envs = make_vec_env(
+        cfg.stage,
+        cfg.envs,
+        cfg.actions,
+        sticky=cfg.sticky,
+        noop_max=cfg.noop_max,
+        demo=demo,
+        parts=cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1),
+    )
     # Each part of the envs is stepped asynchronously (make_vec_env's parts); a plain vector env is one part.
     env_parts = getattr(envs, "parts", (slice(0, cfg.envs),))
     send = getattr(envs, "step_part_async", lambda p, a: envs.step_async(a))
@@ -332,22 +351,33 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     def annealed_lr(step: int) -> float:
         return cfg.lr * max(0.0, 1.0 - step / cfg.steps)
 
-    print(f"learner on {dev}, convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})",
-          flush=True)
+    print(
+        f"learner on {dev}, convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})",
+        flush=True,
+    )
     if run.resumed_state is None and cfg.init_policy is not None:
         warm_start(agent, Path(cfg.init_policy), cfg.actions)
     if run.resumed_state is None and demo is not None and cfg.bc_epochs:
         from mario_rl.bc import clone, demo_dataset
 
         t0 = time.perf_counter()
-        data = demo_dataset(demo, cfg.actions, sticky=cfg.sticky, passes=cfg.bc_passes, gamma=cfg.gamma,
-                            reward_scale=cfg.reward_scale, seed=cfg.seed)
+        data = demo_dataset(
+            demo,
+            cfg.actions,
+            sticky=cfg.sticky,
+            passes=cfg.bc_passes,
+            gamma=cfg.gamma,
+            reward_scale=cfg.reward_scale,
+            seed=cfg.seed,
+        )
         t1 = time.perf_counter()
         for epoch, h in enumerate(clone(agent, data, epochs=cfg.bc_epochs, lr=cfg.lr, seed=cfg.seed), 1):
             run.log_scalars(epoch, "bc", **h)
-        print(f"behaviour cloning: {len(data.actions):,} samples in {t1 - t0:.0f} s, {cfg.bc_epochs} epochs in "
-              f"{time.perf_counter() - t1:.0f} s; accuracy {h['accuracy']:.2f}, value loss {h['value_loss']:.3f}",
-              flush=True)
+        print(
+            f"behaviour cloning: {len(data.actions):,} samples in {t1 - t0:.0f} s, {cfg.bc_epochs} epochs in "
+            f"{time.perf_counter() - t1:.0f} s; accuracy {h['accuracy']:.2f}, value loss {h['value_loss']:.3f}",
+            flush=True,
+        )
     if run.resumed_state is not None:
         tensors, state = run.resumed_state
         agent.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("agent.")})
@@ -376,9 +406,17 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     def save_current_policy(step: int) -> Path:
         # It acts as it trained, drawing from its distribution: the clear rates seen in training are
         # those of the sampling policy, and an argmax of a still-broad distribution can stall.
-        save_policy(run.policy_path, agent, algorithm="ppo", network="ActorCritic",
-                    network_kwargs=net_kwargs, preprocessing=pre, stage=cfg.stage, steps=step,
-                    extra={"act": "sample"})
+        save_policy(
+            run.policy_path,
+            agent,
+            algorithm="ppo",
+            network="ActorCritic",
+            network_kwargs=net_kwargs,
+            preprocessing=pre,
+            stage=cfg.stage,
+            steps=step,
+            extra={"act": "sample"},
+        )
         return run.policy_path
 
     @torch.no_grad()
@@ -402,9 +440,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     next_done = torch.zeros(cfg.envs)
     start_step, t_loop = step, time.perf_counter()
     # One torch thread while the emulators run: after each batched inference, idle OpenMP threads
-    # spin on the cores the emulator processes need. Measured here (16 envs, 2 cores): a rollout's
-    # env steps took 6.0 s with 2 threads, 5.0 s like this; the loop ran 225 -> 241-243 agent
-    # steps/s. The update, with the emulators idle, uses every thread.
+    # spin on the cores the emulator processes need (docs/performance.md). The update, with the
+    # emulators idle, uses every thread.
     update_threads = torch.get_num_threads()
     stats = {}
     try:
@@ -424,17 +461,26 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                         # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
                         next_done[part] = torch.from_numpy((terminated | truncated).astype(np.float32))
                         if cfg.bootstrap_truncated and (truncated & ~terminated).any():
-                            final = np.stack([o if o is not None else obs[i] for i, o in
-                                              enumerate(info["final_obs"])]) if "final_obs" in info else obs
+                            final = (
+                                np.stack([o if o is not None else obs[i] for i, o in enumerate(info["final_obs"])])
+                                if "final_obs" in info
+                                else obs
+                            )
                             with torch.no_grad():
                                 v = agent(torch.from_numpy(final).to(dev), bf16=bf16)[1].float().cpu()
                             rewards[t - 1, part] += truncation_bonus(terminated, truncated, v, cfg.gamma)
                         step += len(obs)
                         for _, ep in finished_episodes(info):
                             episode += 1
-                            run.log_episode(step, episode=episode, **{"return": round(float(ep["r"]), 3)},
-                                            length=int(ep["l"]), x=int(ep["x"]), flag=int(ep["flag"]),
-                                            start=int(ep["start"]))
+                            run.log_episode(
+                                step,
+                                episode=episode,
+                                **{"return": round(float(ep["r"]), 3)},
+                                length=int(ep["l"]),
+                                x=int(ep["x"]),
+                                flag=int(ep["flag"]),
+                                start=int(ep["start"]),
+                            )
                             if int(ep["start"]) == 0:
                                 reset_flags.append(int(ep["flag"]))
                             if curriculum is not None:
@@ -471,27 +517,41 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
                     adv = b_adv[mb]
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
                     optimizer.zero_grad(set_to_none=True)
-                    parts = minibatch_backward(agent, cfg, b_obs[mb], b_actions[mb], b_logprobs[mb], b_val[mb],
-                                               b_ret[mb], adv, bf16=bf16)
+                    parts = minibatch_backward(
+                        agent, cfg, b_obs[mb], b_actions[mb], b_logprobs[mb], b_val[mb], b_ret[mb], adv, bf16=bf16
+                    )
                     nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     clipfracs.append(parts[3].item())
             pg_loss, v_loss, entropy = parts[:3]
-            stats = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
-                     "clipfrac": float(np.mean(clipfracs)), "lr": optimizer.param_groups[0]["lr"]}
+            stats = {
+                "policy_loss": pg_loss.item(),
+                "value_loss": v_loss.item(),
+                "entropy": entropy.item(),
+                "clipfrac": float(np.mean(clipfracs)),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             run.log_scalars(step, "losses", **stats)
             run.log_scalars(step, "charts", SPS=run.progress.sps)
             demo_status = {}
             if demo is not None:
-                start = ({"uniform": "anywhere"}.get(cfg.demo_order, cfg.demo_order) if curriculum is None
-                         else "reset" if curriculum.done else f"frame {curriculum.start_frame}")
+                start = (
+                    {"uniform": "anywhere"}.get(cfg.demo_order, cfg.demo_order)
+                    if curriculum is None
+                    else "reset"
+                    if curriculum.done
+                    else f"frame {curriculum.start_frame}"
+                )
                 demo_status = {"start": start, "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
             if curriculum is not None:
                 run.log_scalars(step, "charts", demo_start_frame=curriculum.start_frame)
             run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"], **demo_status)
             if after_update is not None:
-                status = {"reset_flags": list(reset_flags), "demo_done": curriculum is None or curriculum.done,
-                          "save_policy": lambda: save_current_policy(step)}
+                status = {
+                    "reset_flags": list(reset_flags),
+                    "demo_done": curriculum is None or curriculum.done,
+                    "save_policy": lambda: save_current_policy(step),
+                }
                 if after_update(step, status):
                     break
             if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:
