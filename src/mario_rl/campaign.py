@@ -404,21 +404,25 @@ def _recipe(run_dir: Path) -> dict:
     return {k: v for k, v in saved.items() if k not in skip and defaults.get(k, object()) != v}
 
 
-def _finish_stage(stage: str, cfg: CampaignConfig, folder: Path, state: dict, result: dict, save_state, echo) -> str:
-    from mario_rl.policy import bundle_policy
-
-    summary = _train_summary(folder / "run")
-    failures = sorted(r["x"] for r in result["results"] if not r["cleared"])
+def protocol_record(result: dict) -> dict:
+    """The registry's record of an evaluate() result: clears, episodes, seeds, mean x, failure points."""
     seeds = result["seeds"]
-    protocol = {
+    return {
         "clears": result["clears"],
         "episodes": result["episodes"],
         "seeds": f"{seeds[0]}..{seeds[-1]}",
         "mean_x": round(result["mean_x"], 1),
         "temperature": result.get("temperature"),
-        "failures_x": failures,
+        "failures_x": sorted(r["x"] for r in result["results"] if not r["cleared"]),
         "measured": time.strftime("%Y-%m-%d"),
     }
+
+
+def _finish_stage(stage: str, cfg: CampaignConfig, folder: Path, state: dict, result: dict, save_state, echo) -> str:
+    from mario_rl.policy import bundle_policy
+
+    summary = _train_summary(folder / "run")
+    protocol = protocol_record(result)
     passed = bool(result["passed"])
     text = f"{result['clears']}/{result['episodes']} on seeds {protocol['seeds']}"
     save_state(phase="cleared" if passed else "spent", result=text, checks=result.get("checks", []))
@@ -640,15 +644,7 @@ def eval_all(
             problems.append(f"{stage}: {problem}")
             continue
         r = evaluate(policy, stage, episodes=episodes, seed=seed)
-        protocol = {
-            "clears": r["clears"],
-            "episodes": r["episodes"],
-            "seeds": f"{seed}..{seed + episodes - 1}",
-            "mean_x": round(r["mean_x"], 1),
-            "temperature": r.get("temperature"),
-            "failures_x": sorted(x["x"] for x in r["results"] if not x["cleared"]),
-            "measured": time.strftime("%Y-%m-%d"),
-        }
+        protocol = protocol_record(r)
         passed = r["episodes"] >= PROTOCOL["episodes"] and r["clear_rate"] >= CLEAR_RATE
         best_x = max(int(entry.get("best_x") or 0), int(max(x["x"] for x in r["results"])))
         reg_mod.update_stage(
