@@ -256,7 +256,7 @@ def cmd_eval(args: list[str]) -> None:
 
 
 def cmd_eval_all(args: list[str]) -> None:
-    from mario_rl.campaign import eval_all
+    from mario_rl.evaluate import eval_all
 
     a = _parse(EvalAllArgs, args, "mario-rl eval --all")
     if a.episodes < 1:

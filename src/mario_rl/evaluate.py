@@ -1,14 +1,16 @@
-"""Episodes, played out: the loop shared by `play`, `eval` and training videos."""
+"""Episodes, played out: the loop shared by `play`, `eval` and training videos; `eval --all` over the registry."""
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
+from mario_rl import registry as reg_mod
 from mario_rl.envs import demo_state, level_x, make_base_env
 from mario_rl.errors import UserError
 
@@ -131,3 +133,40 @@ def summarize(results: list[dict], policy: dict | None = None, **context) -> dic
         "seeds": [r["seed"] for r in results],
         "results": results,
     }
+
+
+def eval_all(
+    registry_path: Path = reg_mod.DEFAULT_PATH, episodes: int = 20, seed: int | None = None, echo=print
+) -> list[str]:
+    """`mario-rl eval --all`: every stage with a policy in the registry, on fresh seeds; the registry gets
+    each result. A stage whose policy file is missing or changed is reported and left as it is; the rest go
+    on. Returns the problems."""
+    from mario_rl.policy import load_policy
+
+    registry = reg_mod.load_registry(registry_path)
+    if seed is None:
+        seed = 1_000_000_000 + int(time.time()) % 100_000_000  # fresh in practice; printed and recorded
+    echo(f"eval --all: {episodes} protocol episodes per stage from seed {seed}")
+    problems = []
+    for stage, entry in registry["stages"].items():
+        if not entry.get("policy"):
+            continue
+        problem = reg_mod.check_policy(entry)
+        if problem is None:
+            try:
+                policy = load_policy(reg_mod.resolve(entry["policy"]))
+            except UserError as e:
+                problem = str(e)
+        if problem is not None:
+            echo(f"{stage}: error: {problem}")
+            problems.append(f"{stage}: {problem}")
+            continue
+        r = evaluate(policy, stage, episodes=episodes, seed=seed)
+        protocol = reg_mod.protocol_record(r)
+        passed = r["episodes"] >= PROTOCOL["episodes"] and r["clear_rate"] >= CLEAR_RATE
+        best_x = max(int(entry.get("best_x") or 0), int(max(x["x"] for x in r["results"])))
+        reg_mod.update_stage(
+            stage, registry_path, protocol=protocol, status="cleared" if passed else "training", best_x=best_x
+        )
+        echo(f"{stage}: {reg_mod.rate_text(protocol)} (95% Wilson) -> {'cleared' if passed else 'not cleared'}")
+    return problems

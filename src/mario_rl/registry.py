@@ -153,6 +153,15 @@ def resolve(path_text: str | None, root: Path = REPO) -> Path | None:
     return p if p.is_absolute() else root / p
 
 
+def relative(path: Path) -> str:
+    """A path as the registry records it: relative to the repository when inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def check_policy(entry: dict, root: Path = REPO) -> str | None:
     """Why the entry's policy file cannot be used (missing, changed), or None when it can."""
     path = resolve(entry.get("policy"), root)
@@ -163,6 +172,20 @@ def check_policy(entry: dict, root: Path = REPO) -> str | None:
     if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
         return f"policy file changed since it was registered (sha256 differs): {entry['policy']}"
     return None
+
+
+def protocol_record(result: dict) -> dict:
+    """The registry's record of an evaluate() result: clears, episodes, seeds, mean x, failure points."""
+    seeds = result["seeds"]
+    return {
+        "clears": result["clears"],
+        "episodes": result["episodes"],
+        "seeds": f"{seeds[0]}..{seeds[-1]}",
+        "mean_x": round(result["mean_x"], 1),
+        "temperature": result.get("temperature"),
+        "failures_x": sorted(r["x"] for r in result["results"] if not r["cleared"]),
+        "measured": time.strftime("%Y-%m-%d"),
+    }
 
 
 def wilson(clears: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
