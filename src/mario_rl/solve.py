@@ -101,11 +101,32 @@ def solve(
     time budget): the run is checkpointed and no final evaluation is played; the result is then only
     {"stopped": True, "step": step, "timings": ...}. `ppo_overrides` sets further PPOConfig fields of a new
     run (init_policy, device, ...)."""
-    from mario_rl.agents.ppo import PPOConfig, train
+    _validate(cfg)
+    out = Path(cfg.out or Path("solutions") / cfg.stage)
+    demo_path, run_dir = out / "explore" / "demo.json", out / "run"
+    resuming = (run_dir / "checkpoint.safetensors").exists()
+    if cfg.resume_set and not resuming:
+        raise UserError(f"--resume-set changes a resumed run's settings, and {run_dir} holds none")
+    ppo = _ppo_config(cfg, demo_path, run_dir, resuming, ppo_overrides)
+    ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}  # seconds; and stopped_at_step when --minutes ran out
+
+    # 1. A demonstration.
+    _find_demo(cfg, demo_path, out, echo)
+    timings["explore_s"] = time.monotonic() - t0
+
+    # 2-3. PPO from the demonstration, stopping at the first protocol pass.
+    run, checks, stopped_at = _train(cfg, ppo, t0, timings, stop, echo)
+    if stopped_at is not None:
+        return {"stopped": True, "step": stopped_at, "checks": checks, "timings": timings}
+
+    # 4. The final evaluation, on seeds no check used.
+    return _final_evaluation(cfg, run.policy_path, out, checks, t0, timings, echo)
+
+
+def _validate(cfg: SolveConfig) -> None:
     from mario_rl.envs import env_id
-    from mario_rl.evaluate import PROTOCOL, evaluate
-    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore
-    from mario_rl.policy import load_policy, write_policy
 
     env_id(cfg.stage)
     if cfg.eval_episodes < 1 or cfg.explore_minutes <= 0 or not cfg.temperature > 0:
@@ -116,12 +137,13 @@ def solve(
         raise UserError("--check-from must be in 0..20 and --check-every at least 0")
     if cfg.stage == "game":
         raise UserError("solve works on one stage at a time (1-1 ... 8-4), not on game")
-    out = Path(cfg.out or Path("solutions") / cfg.stage)
-    demo_path, run_dir = out / "explore" / "demo.json", out / "run"
-    resuming = (run_dir / "checkpoint.safetensors").exists()
-    if cfg.resume_set and not resuming:
-        raise UserError(f"--resume-set changes a resumed run's settings, and {run_dir} holds none")
-    ppo = PPOConfig(
+
+
+def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool, ppo_overrides: dict | None):
+    """The PPO run's settings: PPO from the demonstration under the protocol's sticky actions and no-ops."""
+    from mario_rl.agents.ppo import PPOConfig
+
+    return PPOConfig(
         stage=cfg.stage,
         actions=cfg.actions,
         envs=cfg.envs,
@@ -143,27 +165,33 @@ def solve(
             | (ppo_overrides or {})
         ),
     )
-    ppo.validate()  # bad PPO settings fail now, not after a 30-minute search
-    t0 = time.monotonic()
-    timings: dict[str, float] = {}  # seconds; and stopped_at_step when --minutes ran out
 
-    # 1. A demonstration.
+
+def _find_demo(cfg: SolveConfig, demo_path: Path, out: Path, echo) -> None:
+    """Phase 1: the demonstration in demo_path if it replays to the flag, else a search (SolveFailed when it
+    finds no flag)."""
+    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore
+
     if demo_path.exists() and replay(load_demo(demo_path))["flag"]:
         echo(f"using the demonstration in {demo_path}")
-    else:
-        minutes = cfg.explore_minutes if cfg.minutes is None else min(cfg.explore_minutes, cfg.minutes)
-        echo(f"exploring {cfg.stage} for up to {minutes:g} minutes ...")
-        result = run_explore(
-            ExploreConfig(cfg.stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed), out / "explore", echo=echo
+        return
+    minutes = cfg.explore_minutes if cfg.minutes is None else min(cfg.explore_minutes, cfg.minutes)
+    echo(f"exploring {cfg.stage} for up to {minutes:g} minutes ...")
+    result = run_explore(
+        ExploreConfig(cfg.stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed), out / "explore", echo=echo
+    )
+    if not result.solved:
+        raise SolveFailed(
+            f"no path to the flag found in {minutes:g} minutes (best x {result.best_x}); see {out / 'explore'}"
         )
-        if not result.solved:
-            raise SolveFailed(
-                f"no path to the flag found in {minutes:g} minutes (best x {result.best_x}); see {out / 'explore'}"
-            )
-        echo(f"demonstration found: {len(result.frames):,} frames after {result.seconds:.0f} s of search")
-    timings["explore_s"] = time.monotonic() - t0
+    echo(f"demonstration found: {len(result.frames):,} frames after {result.seconds:.0f} s of search")
 
-    # 2-3. PPO from the demonstration, stopping at the first protocol pass.
+
+def _train(cfg: SolveConfig, ppo, t0: float, timings: dict, stop: Callable[[int], bool] | None, echo):
+    """Phases 2-3: PPO until a check passes and is confirmed, `stop` says so, or --minutes run out (or the
+    step budget is spent). Returns (the run, the checks' records, the step `stop` ended it at, or None)."""
+    from mario_rl.agents.ppo import train
+
     checks: list[dict] = []
     stopped: list[int] = []
 
@@ -181,28 +209,44 @@ def solve(
             return False
         if checks and step - checks[-1]["step"] < cfg.check_every:
             return False
-        policy = load_policy(status["save_policy"](), temperature=cfg.temperature)
-        # Seeds from the step, not from a count of checks: that count restarts at 0 when solve resumes,
-        # and 1-2's checks after each resume replayed seeds 100000..100019.
-        passed, records = run_check(
-            lambda seed: evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=seed),
-            step,
-            100_000 + 10 * step,
-            cfg.confirm,
-            echo,
-        )
+        passed, records = _check(cfg, status["save_policy"](), step, echo)
         checks.extend(r | {"temperature": cfg.temperature} for r in records)
         return passed
 
     t1 = time.monotonic()
     run = train(ppo, after_update=after_update)
     timings["train_s"] = time.monotonic() - t1
-    if stopped:
-        return {"stopped": True, "step": stopped[0], "checks": checks, "timings": timings}
+    return run, checks, (stopped[0] if stopped else None)
 
-    # 4. The final evaluation, on seeds no check used.
+
+def _check(cfg: SolveConfig, policy_path: Path, step: int, echo) -> tuple[bool, list[dict]]:
+    """Phase 3: the current policy, acting at --temperature, on 20 protocol episodes (and 20 more to
+    confirm a pass); see run_check."""
+    from mario_rl.evaluate import evaluate
+    from mario_rl.policy import load_policy
+
+    policy = load_policy(policy_path, temperature=cfg.temperature)
+    # Seeds from the step, not from a count of checks: that count restarts at 0 when solve resumes,
+    # and 1-2's checks after each resume replayed seeds 100000..100019.
+    return run_check(
+        lambda seed: evaluate(policy, cfg.stage, sticky=cfg.sticky, noop_max=cfg.noop_max, seed=seed),
+        step,
+        100_000 + 10 * step,
+        cfg.confirm,
+        echo,
+    )
+
+
+def _final_evaluation(
+    cfg: SolveConfig, run_policy: Path, out: Path, checks: list[dict], t0: float, timings: dict, echo
+) -> dict:
+    """Phase 4: the trained policy, at --temperature, as policy.safetensors; its protocol evaluation on the
+    final seeds (with a video), written to eval.json and returned."""
+    from mario_rl.evaluate import PROTOCOL, evaluate
+    from mario_rl.policy import load_policy, write_policy
+
     policy_path = out / "policy.safetensors"
-    write_policy(policy_path, load_policy(run.policy_path, temperature=cfg.temperature))
+    write_policy(policy_path, load_policy(run_policy, temperature=cfg.temperature))
     policy = load_policy(policy_path)
     echo(f"evaluating under docs/protocol.md, seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} ...")
     result = evaluate(

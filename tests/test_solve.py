@@ -1,0 +1,100 @@
+"""solve's phases around a stand-in for PPO, the search and the evaluations (no emulator, under a second):
+the run's settings, when checks happen and on which seeds, a confirmed pass, the campaign's `stop`, the final
+evaluation. The real pipeline runs in tests/test_explore.py (test_solve_resumes_from_a_demonstration...)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import mario_rl.agents.ppo as ppo_mod
+import mario_rl.evaluate as evaluate_mod
+import mario_rl.explore as explore_mod
+import mario_rl.policy as policy_mod
+from mario_rl.solve import SolveConfig, solve
+
+
+def status(step: int, demo_done: bool = True, clears: int = 12) -> tuple[int, dict]:
+    return step, {"demo_done": demo_done, "reset_flags": [1] * clears + [0] * (20 - clears), "save_policy": None}
+
+
+@pytest.fixture
+def fakes(tmp_path, monkeypatch):
+    """Stand-ins: a demonstration that replays to the flag, PPO that reports the given updates, evaluations
+    that clear `clears[seed]` of 20."""
+    seen = {"updates": [], "evaluated": [], "saved": 0}
+
+    def train(cfg, after_update=None):
+        seen["ppo"] = cfg
+        for step, st in seen["script"]:
+            st["save_policy"] = lambda: seen.__setitem__("saved", seen["saved"] + 1) or tmp_path / "current.safetensors"
+            seen["updates"].append(step)
+            if after_update(step, st):
+                break
+        return SimpleNamespace(policy_path=tmp_path / "run-policy.safetensors")
+
+    def evaluate(policy, stage, episodes=20, sticky=0.25, noop_max=30, seed=0, video=None):
+        seen["evaluated"].append((seed, episodes, policy.temperature, video is not None))
+        clears = seen["clears"].get(seed, episodes)
+        return {"episodes": episodes, "clears": clears, "cleared_stage": clears / episodes >= 0.9, "seeds": [seed]}
+
+    def load_policy(path, temperature=None):
+        return SimpleNamespace(path=path, temperature=temperature)
+
+    monkeypatch.setattr(explore_mod, "load_demo", lambda path: {"stage": "1-1"})
+    monkeypatch.setattr(explore_mod, "replay", lambda demo: {"flag": True, "x": 3161})
+    monkeypatch.setattr(ppo_mod, "train", train)
+    monkeypatch.setattr(evaluate_mod, "evaluate", evaluate)
+    monkeypatch.setattr(policy_mod, "load_policy", load_policy)
+    monkeypatch.setattr(policy_mod, "write_policy", lambda path, policy: path.write_text("policy"))
+    out = tmp_path / "sol"
+    (out / "explore").mkdir(parents=True)
+    (out / "explore" / "demo.json").write_text("{}")
+    return seen, out
+
+
+def test_checks_then_a_confirmed_pass_then_the_final_evaluation(fakes):
+    seen, out = fakes
+    seen["script"] = [status(100, demo_done=False), status(200), status(250), status(300, clears=11), status(400)]
+    seen["clears"] = {102_000: 17, 104_000: 19, 104_020: 18}
+    said = []
+    cfg = SolveConfig("1-1", out=out, gamma=0.99, eval_seed=7000, eval_episodes=20, check_every=100, eval_video=False)
+    result = solve(cfg, echo=said.append)
+    assert said[0] == f"using the demonstration in {out / 'explore' / 'demo.json'}"
+    assert (
+        seen["ppo"].gamma == 0.99
+        and seen["ppo"].video_steps == 1500
+        and seen["ppo"].demo == out / "explore" / "demo.json"
+    )
+    # 100: the start has not reached the reset; 250: within check_every of 200; 300: 11 clears < check_from
+    assert seen["updates"] == [100, 200, 250, 300, 400] and seen["saved"] == 2
+    assert [s for s, *_ in seen["evaluated"]] == [102_000, 104_000, 104_020, 7000]
+    assert all(t == 0.25 for _, _, t, _ in seen["evaluated"][:3])  # checks at --temperature
+    assert [(c["step"], c["seed"], c["clears"]) for c in result["checks"]] == [
+        (200, 102_000, 17),
+        (400, 104_000, 19),
+        (400, 104_020, 18),
+    ]
+    assert result["passed"] is True and result["protocol"]["episodes"] == 20
+    assert set(result["timings"]) == {"explore_s", "train_s", "total_s"}
+    assert json.loads((out / "eval.json").read_text())["checks"] == result["checks"]
+    assert (out / "policy.safetensors").read_text() == "policy"
+
+
+def test_stop_ends_training_without_a_final_evaluation(fakes):
+    seen, out = fakes
+    seen["script"] = [status(100), status(200), status(300)]
+    seen["clears"] = {101_000: 10}
+    asked = []
+    overrides = {"device": "cpu", "video_steps": 0, "gamma": 0.95}
+    cfg = SolveConfig("1-1", out=out, gamma=0.99, reward_scale=0.01)
+    result = solve(
+        cfg, echo=lambda line: None, stop=lambda step: asked.append(step) or step >= 200, ppo_overrides=overrides
+    )
+    assert (seen["ppo"].gamma, seen["ppo"].reward_scale) == (0.95, 0.01)  # ppo_overrides win over --gamma
+    assert (seen["ppo"].device, seen["ppo"].video_steps) == ("cpu", 0)
+    assert asked == [100, 200] and seen["updates"] == [100, 200]
+    assert result["stopped"] is True and result["step"] == 200
+    assert [c["seed"] for c in result["checks"]] == [101_000]  # the check at step 100 happened before the stop
+    assert result["timings"]["stopped_at_step"] == 200 and "total_s" not in result["timings"]
+    assert not (out / "eval.json").exists() and not (out / "policy.safetensors").exists()
