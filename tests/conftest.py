@@ -47,3 +47,55 @@ def tiny_run(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr
     return run_dir, proc
+
+
+def tiny_policy(path: Path, stage: str = "1-1", actions: str = "right") -> Path:
+    """An untrained ActorCritic policy (it runs right into the first Goomba: short episodes)."""
+    import torch
+
+    from mario_rl.envs import Preprocessing, check_action_set
+    from mario_rl.nets import ActorCritic
+    from mario_rl.policy import save_policy
+
+    pre = Preprocessing(actions)
+    torch.manual_seed(0)
+    kwargs = {"in_channels": pre.frame_stack, "n_actions": len(check_action_set(actions)), "frame_size": pre.frame_size}
+    save_policy(
+        path,
+        ActorCritic(**kwargs),
+        algorithm="ppo",
+        network="ActorCritic",
+        network_kwargs=kwargs,
+        preprocessing=pre,
+        stage=stage,
+        steps=0,
+        extra={"act": "greedy"},
+    )
+    return path
+
+
+def tiny_campaign(tmp_path: Path, **changes):
+    """A CampaignConfig over copies of the repository's 1-1 and 1-2 demonstrations with tiny budgets."""
+    import shutil
+
+    from mario_rl.campaign import CampaignConfig
+
+    demos = tmp_path / "demos"
+    demos.mkdir(exist_ok=True)
+    for stage in ("1-1", "1-2"):
+        shutil.copy(ROOT / "demos" / f"{stage}.json", demos / f"{stage}.json")
+    settings = dict(
+        stages=("1-1",),
+        root=tmp_path / "campaign",
+        registry=tmp_path / "models" / "index.json",
+        models=tmp_path / "models",
+        demos=demos,
+        steps=2048,
+        envs=2,
+        actions="simple",
+        final_episodes=1,
+        checkpoint_every=512,
+        device="cpu",
+        train={"eval_video": False},
+    )
+    return CampaignConfig(**(settings | changes))

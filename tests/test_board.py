@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_campaign import tiny_policy
 
 from mario_rl import registry as reg
 from mario_rl.board import BoardConfig, build_board
 from mario_rl.cli import main
 from mario_rl.envs import STAGES
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, tiny_policy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NES_SKY = np.array([104, 136, 252])
@@ -226,10 +225,3 @@ def test_board_reuses_previews_and_rejects_bad_input(board, tmp_path, capsys):
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
-
-
-def test_eval_prints_the_wilson_interval(tmp_path, capsys):
-    policy = tiny_policy(tmp_path / "tiny.safetensors")  # runs into the first Goomba: a short episode
-    assert main(["eval", str(policy), "1-1", "--episodes", "2"]) == 0
-    lo, hi = reg.wilson(0, 2)
-    assert f"cleared 0/2 (clear rate 0.00, 95% Wilson interval [{lo:.2f}, {hi:.2f}]," in capsys.readouterr().out

@@ -1,0 +1,43 @@
+"""One stage of the campaign: the warm start's choice, the stage's state file, a search not repeated. (A whole
+stage, killed with -9 and resumed, runs in tests/test_campaign.py.)"""
+
+import pytest
+
+from mario_rl import registry as reg
+from mario_rl.campaign_stage import read_state, related_policy, skip_search, write_state
+from mario_rl.errors import UserError
+
+from conftest import tiny_campaign, tiny_policy
+
+
+def test_warm_start_choice(tmp_path):
+    registry = reg.new_registry()
+    models = tmp_path / "models"
+    models.mkdir()
+    for stage in ("1-1", "1-2", "4-4"):
+        tiny_policy(models / f"{stage}.safetensors", stage, "simple")
+    for stage, actions in (("1-1", "simple"), ("4-4", "simple"), ("1-2", "complex")):
+        p = models / f"{stage}.safetensors"
+        registry["stages"][stage].update(status="cleared", actions=actions, policy=str(p), sha256=reg.file_sha256(p))
+    assert related_policy("1-3", registry, "complex", tmp_path) == "1-2"  # the same world's previous stage
+    assert related_policy("1-3", registry, "simple", tmp_path) == "1-1"  # same action set first
+    assert related_policy("8-4", registry, "simple", tmp_path) == "4-4"  # castles from castles
+    assert related_policy("2-1", registry, "simple", tmp_path) == "1-1"  # the nearest before it
+    (models / "4-4.safetensors").unlink()  # a missing file is never a warm start
+    assert related_policy("8-4", registry, "simple", tmp_path) == "1-1"
+
+
+def test_state_file_and_a_spent_search(tmp_path):
+    cfg = tiny_campaign(tmp_path, explore_minutes=5.0)
+    folder = cfg.root / "1-3"
+    assert read_state(folder) == {"phase": "new", "seconds": 0.0, "attempt": 0}  # no file yet
+    folder.mkdir(parents=True)
+    write_state(folder, {"phase": "no demo", "seconds": 12.5, "attempt": 0, "explore_minutes": 5.0})
+    assert read_state(folder)["seconds"] == 12.5
+    assert skip_search("1-3", cfg)  # searched for --explore-minutes without a flag: not again
+    assert not skip_search("1-3", tiny_campaign(tmp_path, explore_minutes=10.0))  # a longer search may find one
+    (cfg.demos / "1-3.json").write_text("{}")
+    assert not skip_search("1-3", cfg)  # a demonstration appeared: it is used
+    (folder / "state.json").write_text("{broken")
+    with pytest.raises(UserError, match="unreadable campaign state"):
+        read_state(folder)
