@@ -1,10 +1,17 @@
+import gc
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 from mario_rl import ACTION_SETS, STAGES, make_env
-from mario_rl.envs import GrayResize, env_id
+from mario_rl.demonstration import DEMO_STRIDE, demo_snapshots, demo_starts
+from mario_rl.envs import DemoStart, GrayResize, env_id, make_base_env, make_raw
 from mario_rl.errors import UserError
+
+RIGHT = 0x80  # the controller byte for "right"
 
 
 def test_stage_names():
@@ -128,16 +135,11 @@ def test_lean_game_changes_nothing_but_the_info():
 def test_lean_game_rewards_match_the_game_through_a_clear(stage):
     """Frame by frame along a demonstration that clears the stage (stomps, coins, the clock,
     the flag or axe): the lean game's rewards, ends and x equal the game's own."""
-    import json
-    from pathlib import Path
-
-    import gym_super_mario_bros
-
     from mario_rl.envs import lean_game
 
     demo = json.loads((Path(__file__).parents[1] / "demos" / f"{stage}.json").read_text())
-    full = gym_super_mario_bros.make(env_id(stage))
-    lean = lean_game(gym_super_mario_bros.make(env_id(stage)))
+    full = make_raw(stage)
+    lean = lean_game(make_raw(stage))
     _, a = full.reset(seed=demo["seed"])
     _, b = lean.reset(seed=demo["seed"])
     kinds = set()
@@ -183,3 +185,81 @@ def test_x_reached_reads_wrapped_pages_as_negative():
         info = env.step(0)[4]
     assert info["episode"]["x"] == 998
     assert run_episode(Loop(), lambda obs: 0)["x"] == 998
+
+
+def test_demo_start_restores_states_along_the_demonstration():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=10)
+    assert len(env.snapshots) == demo_starts(100) == 7
+    # Where the demonstration is after 64 frames, by plain replay:
+    ref = make_base_env("1-1")
+    ref.reset(seed=0)
+    for _ in range(64):
+        _, _, _, _, info = ref.step(RIGHT)
+    env.set_demo_window(4, 4)
+    obs, info_start = env.reset(seed=1)
+    assert info_start["demo_start"] == 64 and info_start["x_pos"] == info["x_pos"] > 40
+    assert np.array_equal(obs, ref.unwrapped.screen)
+    # The game's reward bookkeeping follows the restored state, not the previous episode's.
+    assert env.unwrapped._x_position_max == info_start["x_pos"]
+    _, reward, _, _, _ = env.step(0)
+    assert 0 <= reward <= 5  # momentum carries Mario a pixel or two
+    # Twice the demonstration's remaining 36 frames, plus the slack of 10, then truncated.
+    truncations = [env.step(0)[3] for _ in range(2 * 36 + 10 - 1)]
+    assert not any(truncations[:-1]) and truncations[-1]
+    env.set_demo_window(2, 2, behind=0.5)  # half the starts from anywhere after the window
+    starts = {env.reset(seed=10 + i)[1]["demo_start"] for i in range(40)}
+    assert 32 in starts and len(starts) > 2 and min(starts) == 32
+    env.set_demo_window(0, -1)  # empty window: ordinary resets
+    _, info = env.reset(seed=2)
+    assert info["demo_start"] == 0 and info["x_pos"] < 60
+    # Snapshots replayed once elsewhere (as make_vec_env does for its workers) start the same states.
+    snapshots = demo_snapshots(None, demo)
+    gc.collect()  # the emulator that took them must outlive them (loading after it is freed crashes)
+    shared = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, snapshots=snapshots)
+    shared.set_demo_window(4, 4)
+    obs_shared, info_shared = shared.reset(seed=1)
+    assert np.array_equal(obs_shared, ref.unwrapped.screen) and info_shared["x_pos"] == info_start["x_pos"]
+
+
+def test_demo_start_retries_from_before_the_agents_own_deaths():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=300)
+
+    def run_right():
+        steps, terminated = 0, False
+        while not terminated:  # holding right runs into the first Goomba
+            _, _, terminated, truncated, info = env.step(RIGHT)
+            steps += 1
+            assert not truncated and steps < 1000
+        return steps, info
+
+    # A death after a demonstration start is the demonstration's states, not the agent's: not kept.
+    env.set_demo_window(2, 2, retry=1.0)
+    assert env.reset(seed=0)[1]["demo_start"] == 2 * DEMO_STRIDE
+    assert not run_right()[1]["flag_get"] and len(env._retries) == 0
+    env.set_demo_window(0, -1, retry=1.0)  # no demonstration starts: a real reset until a death
+    _, info = env.reset(seed=0)
+    assert info["demo_start"] == 0
+    _, info = run_right()
+    death_x = info["x_pos"]
+    assert not info["flag_get"] and len(env._retries) == 1
+    _, info = env.reset(seed=1)
+    # Restored from 33..128 frames before the death: behind it, with the Goomba still ahead.
+    assert info["demo_start"] == -1 and death_x - 300 < info["x_pos"] < death_x
+    assert env.unwrapped._x_position_max == info["x_pos"]
+    steps, info = run_right()
+    assert 32 < steps <= 128 and info["x_pos"] == death_x  # the same death, replayed without sticky buttons
+    env.set_demo_window(0, -1, retry=0.0)
+    assert env.reset(seed=2)[1]["demo_start"] == 0
+
+
+def test_demo_start_draws_states_by_weights():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0)
+    n = len(env.snapshots)
+    env.set_demo_window(0, n - 1, weights=[0] * (n - 2) + [1, 1])
+    starts = {env.reset(seed=i)[1]["demo_start"] for i in range(20)}
+    assert starts == {(n - 2) * DEMO_STRIDE, (n - 1) * DEMO_STRIDE}
+    with pytest.raises(ValueError, match="weights"):
+        env.set_demo_window(0, n - 1, weights=[1.0])

@@ -1,12 +1,9 @@
-import gc
 import json
 
-import numpy as np
 import pytest
 
-from mario_rl.curriculum import DEMO_STRIDE, BackwardCurriculum, demo_starts
-from mario_rl.envs import DemoStart, demo_snapshots, make_base_env
-from mario_rl.explore import ExploreConfig, Explorer, mario_x, replay
+from mario_rl.demonstration import DEMO_STRIDE, FORMAT, demo_starts, replay
+from mario_rl.explore import ExploreConfig, Explorer, mario_x
 
 from conftest import run_cli
 
@@ -92,100 +89,6 @@ def test_furthest_rounds_start_on_the_last_screen_reached():
     assert sum(c.chosen for c in explorer.archive.values()) == 20
 
 
-def test_backward_curriculum_moves_back_only_on_success():
-    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
-    assert c.window() == (29, 29) and c.start_frame == 29 * DEMO_STRIDE
-    for _ in range(4):
-        assert not c.record(29 * DEMO_STRIDE, cleared=False)  # failures never move it
-    assert c.window() == (29, 29)
-    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
-    moved = [c.record(29 * DEMO_STRIDE + 3, cleared=i % 2 == 0) for i in range(4)]
-    assert moved == [False, False, False, True] and c.window() == (21, 24)
-    assert not c.record(0, cleared=True)  # a real reset is not a start in the window
-    assert not c.record(29 * DEMO_STRIDE, cleared=True)  # nor a start behind it
-    for lo in (5, 0):  # clearing every time: twice the step
-        for _ in range(4):
-            c.record(c.lo * DEMO_STRIDE, cleared=True)
-        assert c.lo == lo
-    for _ in range(4):
-        c.record(0, cleared=True)  # at the start, real resets count
-    assert c.done and c.window() == (0, -1) and c.start_frame == 0
-    assert demo_starts(1) == 1 and demo_starts(17) == 2 and demo_starts(33) == 3
-    # The rate is over the latest 2 x min_episodes: an early run of failures stops counting.
-    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
-    for _ in range(20):
-        assert not c.record(29 * DEMO_STRIDE, cleared=False)
-    moved = [c.record(29 * DEMO_STRIDE, cleared=True) for _ in range(4)]
-    assert moved == [False, False, False, True] and c.lo == 21
-
-
-def test_demo_start_restores_states_along_the_demonstration():
-    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
-    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=10)
-    assert len(env.snapshots) == demo_starts(100) == 7
-    # Where the demonstration is after 64 frames, by plain replay:
-    ref = make_base_env("1-1")
-    ref.reset(seed=0)
-    for _ in range(64):
-        _, _, _, _, info = ref.step(RIGHT)
-    env.set_demo_window(4, 4)
-    obs, info_start = env.reset(seed=1)
-    assert info_start["demo_start"] == 64 and info_start["x_pos"] == info["x_pos"] > 40
-    assert np.array_equal(obs, ref.unwrapped.screen)
-    # The game's reward bookkeeping follows the restored state, not the previous episode's.
-    assert env.unwrapped._x_position_max == info_start["x_pos"]
-    _, reward, _, _, _ = env.step(0)
-    assert 0 <= reward <= 5  # momentum carries Mario a pixel or two
-    # Twice the demonstration's remaining 36 frames, plus the slack of 10, then truncated.
-    truncations = [env.step(0)[3] for _ in range(2 * 36 + 10 - 1)]
-    assert not any(truncations[:-1]) and truncations[-1]
-    env.set_demo_window(2, 2, behind=0.5)  # half the starts from anywhere after the window
-    starts = {env.reset(seed=10 + i)[1]["demo_start"] for i in range(40)}
-    assert 32 in starts and len(starts) > 2 and min(starts) == 32
-    env.set_demo_window(0, -1)  # empty window: ordinary resets
-    _, info = env.reset(seed=2)
-    assert info["demo_start"] == 0 and info["x_pos"] < 60
-    # Snapshots replayed once elsewhere (as make_vec_env does for its workers) start the same states.
-    snapshots = demo_snapshots(None, demo)
-    gc.collect()  # the emulator that took them must outlive them (loading after it is freed crashes)
-    shared = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, snapshots=snapshots)
-    shared.set_demo_window(4, 4)
-    obs_shared, info_shared = shared.reset(seed=1)
-    assert np.array_equal(obs_shared, ref.unwrapped.screen) and info_shared["x_pos"] == info_start["x_pos"]
-
-
-def test_demo_start_retries_from_before_the_agents_own_deaths():
-    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
-    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=300)
-
-    def run_right():
-        steps, terminated = 0, False
-        while not terminated:  # holding right runs into the first Goomba
-            _, _, terminated, truncated, info = env.step(RIGHT)
-            steps += 1
-            assert not truncated and steps < 1000
-        return steps, info
-
-    # A death after a demonstration start is the demonstration's states, not the agent's: not kept.
-    env.set_demo_window(2, 2, retry=1.0)
-    assert env.reset(seed=0)[1]["demo_start"] == 2 * DEMO_STRIDE
-    assert not run_right()[1]["flag_get"] and len(env._retries) == 0
-    env.set_demo_window(0, -1, retry=1.0)  # no demonstration starts: a real reset until a death
-    _, info = env.reset(seed=0)
-    assert info["demo_start"] == 0
-    _, info = run_right()
-    death_x = info["x_pos"]
-    assert not info["flag_get"] and len(env._retries) == 1
-    _, info = env.reset(seed=1)
-    # Restored from 33..128 frames before the death: behind it, with the Goomba still ahead.
-    assert info["demo_start"] == -1 and death_x - 300 < info["x_pos"] < death_x
-    assert env.unwrapped._x_position_max == info["x_pos"]
-    steps, info = run_right()
-    assert 32 < steps <= 128 and info["x_pos"] == death_x  # the same death, replayed without sticky buttons
-    env.set_demo_window(0, -1, retry=0.0)
-    assert env.reset(seed=2)[1]["demo_start"] == 0
-
-
 def test_explore_cli_writes_a_replayable_path(tmp_path):
     out = tmp_path / "ex"
     proc = run_cli("explore", "1-1", "--minutes", 0.15, "--workers", 1, "--out", out, "--no-video")
@@ -193,7 +96,7 @@ def test_explore_cli_writes_a_replayable_path(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "no flag" in proc.stdout
     path = json.loads((out / "furthest.json").read_text())
-    assert set(path) == {"stage", "seed", "frames"} and len(path["frames"]) > 0
+    assert path["format"] == FORMAT and set(path) == {"format", "stage", "seed", "frames"} and len(path["frames"]) > 0
     summary = json.loads((out / "explore.json").read_text())
     assert summary["replay"]["frames"] == len(path["frames"]) and summary["best_x"] > 40
 
@@ -457,35 +360,3 @@ def test_cells_tell_changed_blocks_near_mario_apart():
     far = (col + 10) % 32
     env.ram[0x0500 + (far >> 4) * 0xD0 + (far & 15) + 16 * 7] = 0xC4
     assert cell_key(env) == base
-
-
-def test_start_priorities_favour_stretches_cleared_only_sometimes():
-    from mario_rl.curriculum import StartPriorities
-
-    p = StartPriorities(starts=12, segment=4, floor=0.05, window=8, min_episodes=4)
-    # Untried segments share the largest weight: uniform at first.
-    assert p.weights() == pytest.approx([1 / 12] * 12) and p.segment_rates() == [None, None, None]
-    for i in range(8):
-        p.record(1 * DEMO_STRIDE, cleared=i % 2 == 0)  # segment 0: half
-        p.record(5 * DEMO_STRIDE, cleared=False)  # segment 1: never
-        p.record(9 * DEMO_STRIDE, cleared=True)  # segment 2: always
-    assert p.segment_rates() == [0.5, 0.0, 1.0]
-    w = p.weights()
-    assert abs(sum(w) - 1) < 1e-9 and w[0] == w[3] and w[4] == w[11]
-    assert w[0] == pytest.approx(0.30 / 0.40 / 4) and w[4] == pytest.approx(0.05 / 0.40 / 4)  # 0.25 + floor
-    assert not p.record(0, True) and not p.record(-1, True) and not p.record(12 * DEMO_STRIDE, True)
-    # The latest `window` episodes count: a segment the agent learns moves from the floor to the top.
-    for _ in range(4):
-        p.record(5 * DEMO_STRIDE, cleared=True)
-    assert p.segment_rates()[1] == 0.5
-
-
-def test_demo_start_draws_states_by_weights():
-    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
-    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0)
-    n = len(env.snapshots)
-    env.set_demo_window(0, n - 1, weights=[0] * (n - 2) + [1, 1])
-    starts = {env.reset(seed=i)[1]["demo_start"] for i in range(20)}
-    assert starts == {(n - 2) * DEMO_STRIDE, (n - 1) * DEMO_STRIDE}
-    with pytest.raises(ValueError, match="weights"):
-        env.set_demo_window(0, n - 1, weights=[1.0])

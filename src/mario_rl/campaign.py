@@ -165,7 +165,7 @@ def write_state(folder: Path, state: dict) -> None:
 
 
 def _demo_end_x(demo: dict) -> int:
-    from mario_rl.explore import replay
+    from mario_rl.demonstration import replay
 
     return int(replay(demo)["x"])
 
@@ -173,7 +173,8 @@ def _demo_end_x(demo: dict) -> int:
 def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: float | None = None) -> dict | None:
     """The stage's demonstration in folder/explore/demo.json: the one there, else demos/<stage>.json, else a
     new search (written to demos/ too when it reaches the flag). None when no search found the flag."""
-    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore, save_demo
+    from mario_rl.demonstration import load_demo, replay, save_demo
+    from mario_rl.explore import ExploreConfig, run_explore
 
     path = folder / "explore" / "demo.json"
     shared = cfg.demos / f"{stage}.json"
@@ -468,7 +469,7 @@ def _finish_stage(stage: str, cfg: CampaignConfig, folder: Path, state: dict, re
 def sync_registry(cfg: CampaignConfig) -> dict:
     """Bring the registry up to date with what is on disk: demonstrations in demos/ and bundled policies
     with their eval.json (a stage the registry has never seen)."""
-    from mario_rl.explore import load_demo
+    from mario_rl.demonstration import load_demo
 
     registry = reg_mod.load_registry(cfg.registry)
     for stage in STAGES:
@@ -477,7 +478,7 @@ def sync_registry(cfg: CampaignConfig) -> dict:
         e = registry["stages"][stage]
         demo_path = cfg.demos / f"{stage}.json"
         if e["demo"] is None and demo_path.exists():
-            from mario_rl.explore import replay
+            from mario_rl.demonstration import replay
 
             check = replay(load_demo(demo_path))
             x, flag = int(check["x"]), bool(check["flag"])

@@ -32,8 +32,9 @@ by any worker to the workers that are behind; they replay it from reset and add
 the cells along it. After the first flag the search goes on for a while (`polish`)
 and keeps the best path to the flag: fewest area changes, then fewest frames.
 
-A found path is a *demonstration* in the format of docs/protocol.md: one controller
-byte per emulator frame after `reset(seed=...)`, replayable on a raw env. It is
+A found path is a *demonstration* (mario_rl.demonstration) in the format of
+docs/protocol.md: one controller byte per emulator frame after `reset(seed=...)`,
+replayable on a raw env. It is
 evidence that a path exists, never a clear: mario_rl.curriculum and mario_rl.solve
 turn it into a policy.
 """
@@ -53,7 +54,8 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from mario_rl.envs import action_bytes, check_action_set, env_id, level_x
+from mario_rl.demonstration import load_demo, new_demo, replay, save_demo
+from mario_rl.envs import action_bytes, check_action_set, env_id, lean_game, level_x, make_raw
 from mario_rl.errors import UserError
 from mario_rl.storage import atomic_write
 
@@ -115,11 +117,7 @@ class Cell:
 
 def raw_env(stage: str):
     """The raw single-stage game (byte actions, one frame per step) with a lean per-frame info."""
-    import gym_super_mario_bros
-
-    from mario_rl.envs import lean_game
-
-    return lean_game(gym_super_mario_bros.make(env_id(stage))).unwrapped
+    return lean_game(make_raw(stage)).unwrapped
 
 
 def mario_x(env) -> int:
@@ -328,7 +326,7 @@ class ExploreResult:
 
     def demo(self) -> dict:
         """The demonstration in docs/protocol.md's format."""
-        return {"stage": self.stage, "seed": self.seed, "frames": list(self.frames)}
+        return new_demo(self.stage, self.seed, self.frames)
 
 
 def explore(cfg: ExploreConfig, echo=print) -> ExploreResult:
@@ -443,52 +441,6 @@ def _status_line(seconds: float, status: dict[int, dict]) -> str:
         f"best x {max(s['best_x'] for s in status.values())} | frames {frames:,} "
         f"({frames / max(seconds, 1e-9):,.0f}/s)"
     )
-
-
-def replay(demo: dict, frame_sink=None) -> dict:
-    """Replay a demonstration frame by frame on a raw env; report whether it reaches the flag.
-
-    Follows docs/protocol.md literally: `gym_super_mario_bros.make(...).reset(seed=...)`,
-    then one `step(byte)` per frame.
-    """
-    import gym_super_mario_bros
-
-    env = gym_super_mario_bros.make(env_id(demo["stage"]))
-    obs, info = env.reset(seed=demo["seed"])
-    if frame_sink is not None:
-        frame_sink(obs.copy())
-    flag, x, played, ended = False, level_x(int(info["x_pos"])), 0, False
-    for b in demo["frames"]:
-        obs, _, terminated, truncated, info = env.step(int(b))
-        played += 1
-        x = max(x, level_x(int(info["x_pos"])))
-        if frame_sink is not None:
-            frame_sink(obs.copy())
-        if info["flag_get"]:
-            flag = True
-        if terminated or truncated:
-            ended = True
-            break
-    env.close()
-    return {"flag": flag, "x": x, "frames": played, "ended": ended, "of": len(demo["frames"])}
-
-
-def load_demo(path: Path) -> dict:
-    try:
-        demo = json.loads(Path(path).read_text())
-        env_id(demo["stage"])
-        frames = demo["frames"]
-        if not all(isinstance(b, int) and 0 <= b < 256 for b in frames):
-            raise ValueError("frames must be bytes")
-        int(demo["seed"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a demonstration ({e})") from None
-    return demo
-
-
-def save_demo(path: Path, demo: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(demo, separators=(",", ":"))))
 
 
 def run_explore(cfg: ExploreConfig, out: Path, video: bool = True, echo=print) -> ExploreResult:

@@ -102,9 +102,10 @@ def solve(
     {"stopped": True, "step": step, "timings": ...}. `ppo_overrides` sets further PPOConfig fields of a new
     run (init_policy, device, ...)."""
     from mario_rl.agents.ppo import PPOConfig, train
+    from mario_rl.demonstration import load_demo, replay
     from mario_rl.envs import env_id
     from mario_rl.evaluate import PROTOCOL, evaluate
-    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore
+    from mario_rl.explore import ExploreConfig, run_explore
     from mario_rl.policy import load_policy, write_policy
 
     env_id(cfg.stage)
