@@ -1,5 +1,6 @@
 import gc
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,8 @@ from gymnasium.utils.env_checker import check_env
 
 from mario_rl import ACTION_SETS, STAGES, make_env
 from mario_rl.demonstration import DEMO_STRIDE, demo_snapshots, demo_starts
-from mario_rl.envs import DemoStart, GrayResize, env_id, make_base_env, make_raw
+from mario_rl.envs import DemoStart, GrayResize, env_id, make_base_env, make_raw, make_vec_env
+from mario_rl.envs.vector import _vector_worker_env
 from mario_rl.errors import UserError
 
 RIGHT = 0x80  # the controller byte for "right"
@@ -21,6 +23,16 @@ def test_stage_names():
     for bad in ["9-1", "1-5", "abc", "0-1", "1-1 ", ""]:
         with pytest.raises(UserError, match="unknown stage"):
             env_id(bad)
+
+
+def test_the_raw_game_is_the_protocols_env():
+    """make_raw is docs/protocol.md's gym_super_mario_bros.make("SuperMarioBros-W-S-v0"): nothing wrapped on top."""
+    import gym_super_mario_bros
+
+    ours, theirs = make_raw("4-4"), gym_super_mario_bros.make("SuperMarioBros-4-4-v0")
+    assert ours.spec == theirs.spec and type(ours) is type(theirs)
+    assert np.array_equal(ours.reset(seed=3)[0], theirs.reset(seed=3)[0])
+    ours.close(), theirs.close()
 
 
 def test_unknown_action_set():
@@ -263,3 +275,82 @@ def test_demo_start_draws_states_by_weights():
     assert starts == {(n - 2) * DEMO_STRIDE, (n - 1) * DEMO_STRIDE}
     with pytest.raises(ValueError, match="weights"):
         env.set_demo_window(0, n - 1, weights=[1.0])
+
+
+def test_ppos_16_envs_in_two_parts_step_apart_and_reset_on_their_own():
+    """The vector env as agents.ppo builds it from solve's and the campaign's settings (16 envs, simple
+    actions, the protocol's perturbations, a demonstration, two parts): each part steps with its own
+    actions, an episode that ends restarts in the same step, and the demonstration's starts reach every
+    env through its worker process."""
+    from mario_rl.agents.ppo import PPOConfig
+    from mario_rl.envs import GroupedVectorEnv, finished_episodes
+
+    cfg = PPOConfig(stage="1-1", sticky=0.25, noop_max=30)
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    parts = cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1)  # as agents.ppo.train
+    assert (cfg.envs, cfg.actions, parts) == (16, "simple", 2)
+    envs = make_vec_env(
+        cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo, parts=parts
+    )
+    try:
+        assert isinstance(envs, GroupedVectorEnv) and envs.parts == (slice(0, 8), slice(8, 16))
+        assert envs.single_observation_space.shape == (4, 84, 84) and envs.single_action_space.n == 7
+        obs, info = envs.reset(seed=0)
+        assert obs.shape == (16, 4, 84, 84) and obs.dtype == np.uint8 and info["x_pos"].shape == (16,)
+        noops = envs.call("last_noops")  # one value per env: 16 emulators, each with its own seed
+        assert len(noops) == 16 and len(set(noops)) > 8
+        # Part 0 stands still (NOOP), part 1 runs right (action 1) into the first Goomba.
+        ended, standing = {}, []
+        for p in range(2):
+            envs.step_part_async(p, np.full(8, p))
+        for t in range(1, 61):
+            for p in range(2):
+                o, reward, terminated, truncated, info = envs.step_part_wait(p)
+                assert o.shape == (8, 4, 84, 84) and o.dtype == np.uint8 and reward.shape == terminated.shape == (8,)
+                assert terminated.dtype == truncated.dtype == np.bool_ and not truncated.any()
+                if p == 0:
+                    standing.append(info["x_pos"].max())
+                    assert not terminated.any()
+                for i, episode in finished_episodes(info):
+                    # Same-step autoreset: the observation is already the next episode's first.
+                    assert p == 1 and terminated[i] and info["x_pos"][i] < 60 and (o[i] == o[i][0]).all()
+                    ended[i] = (t, episode)
+                if t < 60:
+                    envs.step_part_async(p, np.full(8, p))
+            if len(ended) == 8:
+                break
+        assert max(standing) < 60 and sorted(ended) == list(range(8))
+        for step, episode in ended.values():
+            assert episode["l"] == step and episode["flag"] == 0 and episode["x"] > 250 and episode["start"] == 0
+        if t < 60:  # both parts have a step in flight
+            for p in range(2):
+                envs.step_part_wait(p)
+        # Starts along the demonstration (frame 64 of running right), as agents.ppo sets them.
+        envs.call("set_demo_window", 4, 4)
+        obs, info = envs.reset(seed=1)
+        assert (info["x_pos"] > 100).sum() >= 12  # all but the occasional real reset (p_reset)
+        obs, reward, terminated, truncated, info = envs.step(np.zeros(16, np.int64))  # both parts at once
+        assert obs.shape == (16, 4, 84, 84) and reward.shape == (16,) and info["x_pos"].shape == (16,)
+    finally:
+        envs.close()
+
+
+def test_vector_workers_also_start_by_spawn():
+    """Under spawn (macOS's and Windows' default) a worker imports its env functions by module path, and
+    replays the demonstration itself: its snapshots cannot be pickled."""
+    import gymnasium as gym
+
+    from mario_rl.envs import EnvGroup
+
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
+    fn = partial(_vector_worker_env, "1-1", "simple", 0.25, 30, demo, None)  # what make_vec_env hands over
+    envs = gym.vector.AsyncVectorEnv([partial(EnvGroup, [fn, fn])], shared_memory=True, context="spawn")
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs.shape == (1, 2, 4, 84, 84) and obs.dtype == np.uint8
+        obs, _, _, _, info = envs.step(np.ones((1, 2), np.int64))
+        ((rewards, terminated, truncated), inner), *_ = info["group"]  # one group: its two envs' step
+        assert obs.shape == (1, 2, 4, 84, 84) and rewards.shape == terminated.shape == (2,)
+        assert (inner["x_pos"] >= 40).all()
+    finally:
+        envs.close()

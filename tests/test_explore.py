@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,29 @@ def test_a_check_passes_only_when_its_confirmation_passes_too():
         [{"step": 7, "seed": 500, "clears": 18, "episodes": 20}],
     )
     assert played == [500, 520, 500, 520, 500, 500]
+
+
+def test_a_search_from_late_in_a_stage_finds_the_flag_and_its_path_replays_there(tmp_path):
+    """The success path: the search goes on from a path that stops 80 frames short of 3-4's axe, finds the
+    axe, writes demo.json (superseding an earlier furthest.json) and the path replays to the flag per
+    docs/protocol.md. One worker with a seeded stream: the same path every time."""
+    from mario_rl.demonstration import load_demo, new_demo, save_demo
+    from mario_rl.explore import ExploreConfig, run_explore
+
+    demo = load_demo(Path(__file__).parent / "data" / "3-4-demo.json")
+    start = new_demo(demo["stage"], demo["seed"], demo["frames"][:-80])  # the axe is its last frame
+    save_demo(tmp_path / "start.json", start)
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "furthest.json").write_text("{}")
+    cfg = ExploreConfig("3-4", minutes=2.0, workers=1, actions="right", seed=demo["seed"], polish=0.0)
+    cfg.start = tmp_path / "start.json"
+    lines = []
+    result = run_explore(cfg, out, video=False, echo=lines.append)
+    assert result.solved and any("flag reached" in line for line in lines)
+    assert not (out / "furthest.json").exists()
+    found = load_demo(out / "demo.json")
+    assert found["frames"] == list(result.frames) and found["frames"][:1000] == demo["frames"][:1000]
+    check = replay(found)
+    assert check["flag"] and check["ended"] and check["frames"] == len(found["frames"])
+    assert json.loads((out / "explore.json").read_text())["verified"]
