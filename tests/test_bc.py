@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mario_rl.bc import clone, demo_dataset, demo_labels
+from mario_rl.bc import clone, demo_dataset
+from mario_rl.demonstration import demo_labels, load_demo
 from mario_rl.envs import action_bytes
 from mario_rl.errors import UserError
-from mario_rl.explore import load_demo
 
 from conftest import run_cli
 

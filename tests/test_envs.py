@@ -1,10 +1,19 @@
+import gc
+import json
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 from mario_rl import ACTION_SETS, STAGES, make_env
-from mario_rl.envs import GrayResize, env_id
+from mario_rl.demonstration import DEMO_STRIDE, demo_snapshots, demo_starts
+from mario_rl.envs import DemoStart, GrayResize, env_id, make_base_env, make_raw, make_vec_env
+from mario_rl.envs.vector import _vector_worker_env
 from mario_rl.errors import UserError
+
+RIGHT = 0x80  # the controller byte for "right"
 
 
 def test_stage_names():
@@ -14,6 +23,16 @@ def test_stage_names():
     for bad in ["9-1", "1-5", "abc", "0-1", "1-1 ", ""]:
         with pytest.raises(UserError, match="unknown stage"):
             env_id(bad)
+
+
+def test_the_raw_game_is_the_protocols_env():
+    """make_raw is docs/protocol.md's gym_super_mario_bros.make("SuperMarioBros-W-S-v0"): nothing wrapped on top."""
+    import gym_super_mario_bros
+
+    ours, theirs = make_raw("4-4"), gym_super_mario_bros.make("SuperMarioBros-4-4-v0")
+    assert ours.spec == theirs.spec and type(ours) is type(theirs)
+    assert np.array_equal(ours.reset(seed=3)[0], theirs.reset(seed=3)[0])
+    ours.close(), theirs.close()
 
 
 def test_unknown_action_set():
@@ -128,16 +147,11 @@ def test_lean_game_changes_nothing_but_the_info():
 def test_lean_game_rewards_match_the_game_through_a_clear(stage):
     """Frame by frame along a demonstration that clears the stage (stomps, coins, the clock,
     the flag or axe): the lean game's rewards, ends and x equal the game's own."""
-    import json
-    from pathlib import Path
-
-    import gym_super_mario_bros
-
     from mario_rl.envs import lean_game
 
     demo = json.loads((Path(__file__).parents[1] / "demos" / f"{stage}.json").read_text())
-    full = gym_super_mario_bros.make(env_id(stage))
-    lean = lean_game(gym_super_mario_bros.make(env_id(stage)))
+    full = make_raw(stage)
+    lean = lean_game(make_raw(stage))
     _, a = full.reset(seed=demo["seed"])
     _, b = lean.reset(seed=demo["seed"])
     kinds = set()
@@ -183,3 +197,160 @@ def test_x_reached_reads_wrapped_pages_as_negative():
         info = env.step(0)[4]
     assert info["episode"]["x"] == 998
     assert run_episode(Loop(), lambda obs: 0)["x"] == 998
+
+
+def test_demo_start_restores_states_along_the_demonstration():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=10)
+    assert len(env.snapshots) == demo_starts(100) == 7
+    # Where the demonstration is after 64 frames, by plain replay:
+    ref = make_base_env("1-1")
+    ref.reset(seed=0)
+    for _ in range(64):
+        _, _, _, _, info = ref.step(RIGHT)
+    env.set_demo_window(4, 4)
+    obs, info_start = env.reset(seed=1)
+    assert info_start["demo_start"] == 64 and info_start["x_pos"] == info["x_pos"] > 40
+    assert np.array_equal(obs, ref.unwrapped.screen)
+    # The game's reward bookkeeping follows the restored state, not the previous episode's.
+    assert env.unwrapped._x_position_max == info_start["x_pos"]
+    _, reward, _, _, _ = env.step(0)
+    assert 0 <= reward <= 5  # momentum carries Mario a pixel or two
+    # Twice the demonstration's remaining 36 frames, plus the slack of 10, then truncated.
+    truncations = [env.step(0)[3] for _ in range(2 * 36 + 10 - 1)]
+    assert not any(truncations[:-1]) and truncations[-1]
+    env.set_demo_window(2, 2, behind=0.5)  # half the starts from anywhere after the window
+    starts = {env.reset(seed=10 + i)[1]["demo_start"] for i in range(40)}
+    assert 32 in starts and len(starts) > 2 and min(starts) == 32
+    env.set_demo_window(0, -1)  # empty window: ordinary resets
+    _, info = env.reset(seed=2)
+    assert info["demo_start"] == 0 and info["x_pos"] < 60
+    # Snapshots replayed once elsewhere (as make_vec_env does for its workers) start the same states.
+    snapshots = demo_snapshots(None, demo)
+    gc.collect()  # the emulator that took them must outlive them (loading after it is freed crashes)
+    shared = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, snapshots=snapshots)
+    shared.set_demo_window(4, 4)
+    obs_shared, info_shared = shared.reset(seed=1)
+    assert np.array_equal(obs_shared, ref.unwrapped.screen) and info_shared["x_pos"] == info_start["x_pos"]
+
+
+def test_demo_start_retries_from_before_the_agents_own_deaths():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0, slack=300)
+
+    def run_right():
+        steps, terminated = 0, False
+        while not terminated:  # holding right runs into the first Goomba
+            _, _, terminated, truncated, info = env.step(RIGHT)
+            steps += 1
+            assert not truncated and steps < 1000
+        return steps, info
+
+    # A death after a demonstration start is the demonstration's states, not the agent's: not kept.
+    env.set_demo_window(2, 2, retry=1.0)
+    assert env.reset(seed=0)[1]["demo_start"] == 2 * DEMO_STRIDE
+    assert not run_right()[1]["flag_get"] and len(env._retries) == 0
+    env.set_demo_window(0, -1, retry=1.0)  # no demonstration starts: a real reset until a death
+    _, info = env.reset(seed=0)
+    assert info["demo_start"] == 0
+    _, info = run_right()
+    death_x = info["x_pos"]
+    assert not info["flag_get"] and len(env._retries) == 1
+    _, info = env.reset(seed=1)
+    # Restored from 33..128 frames before the death: behind it, with the Goomba still ahead.
+    assert info["demo_start"] == -1 and death_x - 300 < info["x_pos"] < death_x
+    assert env.unwrapped._x_position_max == info["x_pos"]
+    steps, info = run_right()
+    assert 32 < steps <= 128 and info["x_pos"] == death_x  # the same death, replayed without sticky buttons
+    env.set_demo_window(0, -1, retry=0.0)
+    assert env.reset(seed=2)[1]["demo_start"] == 0
+
+
+def test_demo_start_draws_states_by_weights():
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    env = DemoStart(make_base_env("1-1"), demo, p_reset=0.0)
+    n = len(env.snapshots)
+    env.set_demo_window(0, n - 1, weights=[0] * (n - 2) + [1, 1])
+    starts = {env.reset(seed=i)[1]["demo_start"] for i in range(20)}
+    assert starts == {(n - 2) * DEMO_STRIDE, (n - 1) * DEMO_STRIDE}
+    with pytest.raises(ValueError, match="weights"):
+        env.set_demo_window(0, n - 1, weights=[1.0])
+
+
+def test_ppos_16_envs_in_two_parts_step_apart_and_reset_on_their_own():
+    """The vector env as agents.ppo builds it from solve's and the campaign's settings (16 envs, simple
+    actions, the protocol's perturbations, a demonstration, two parts): each part steps with its own
+    actions, an episode that ends restarts in the same step, and the demonstration's starts reach every
+    env through its worker process."""
+    from mario_rl.agents.ppo import PPOConfig
+    from mario_rl.envs import GroupedVectorEnv, finished_episodes
+
+    cfg = PPOConfig(stage="1-1", sticky=0.25, noop_max=30)
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 100}
+    parts = cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1)  # as agents.ppo.train
+    assert (cfg.envs, cfg.actions, parts) == (16, "simple", 2)
+    envs = make_vec_env(
+        cfg.stage, cfg.envs, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max, demo=demo, parts=parts
+    )
+    try:
+        assert isinstance(envs, GroupedVectorEnv) and envs.parts == (slice(0, 8), slice(8, 16))
+        assert envs.single_observation_space.shape == (4, 84, 84) and envs.single_action_space.n == 7
+        obs, info = envs.reset(seed=0)
+        assert obs.shape == (16, 4, 84, 84) and obs.dtype == np.uint8 and info["x_pos"].shape == (16,)
+        noops = envs.call("last_noops")  # one value per env: 16 emulators, each with its own seed
+        assert len(noops) == 16 and len(set(noops)) > 8
+        # Part 0 stands still (NOOP), part 1 runs right (action 1) into the first Goomba.
+        ended, standing = {}, []
+        for p in range(2):
+            envs.step_part_async(p, np.full(8, p))
+        for t in range(1, 61):
+            for p in range(2):
+                o, reward, terminated, truncated, info = envs.step_part_wait(p)
+                assert o.shape == (8, 4, 84, 84) and o.dtype == np.uint8 and reward.shape == terminated.shape == (8,)
+                assert terminated.dtype == truncated.dtype == np.bool_ and not truncated.any()
+                if p == 0:
+                    standing.append(info["x_pos"].max())
+                    assert not terminated.any()
+                for i, episode in finished_episodes(info):
+                    # Same-step autoreset: the observation is already the next episode's first.
+                    assert p == 1 and terminated[i] and info["x_pos"][i] < 60 and (o[i] == o[i][0]).all()
+                    ended[i] = (t, episode)
+                if t < 60:
+                    envs.step_part_async(p, np.full(8, p))
+            if len(ended) == 8:
+                break
+        assert max(standing) < 60 and sorted(ended) == list(range(8))
+        for step, episode in ended.values():
+            assert episode["l"] == step and episode["flag"] == 0 and episode["x"] > 250 and episode["start"] == 0
+        if t < 60:  # both parts have a step in flight
+            for p in range(2):
+                envs.step_part_wait(p)
+        # Starts along the demonstration (frame 64 of running right), as agents.ppo sets them.
+        envs.call("set_demo_window", 4, 4)
+        obs, info = envs.reset(seed=1)
+        assert (info["x_pos"] > 100).sum() >= 12  # all but the occasional real reset (p_reset)
+        obs, reward, terminated, truncated, info = envs.step(np.zeros(16, np.int64))  # both parts at once
+        assert obs.shape == (16, 4, 84, 84) and reward.shape == (16,) and info["x_pos"].shape == (16,)
+    finally:
+        envs.close()
+
+
+def test_vector_workers_also_start_by_spawn():
+    """Under spawn (macOS's and Windows' default) a worker imports its env functions by module path, and
+    replays the demonstration itself: its snapshots cannot be pickled."""
+    import gymnasium as gym
+
+    from mario_rl.envs import EnvGroup
+
+    demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
+    fn = partial(_vector_worker_env, "1-1", "simple", 0.25, 30, demo, None)  # what make_vec_env hands over
+    envs = gym.vector.AsyncVectorEnv([partial(EnvGroup, [fn, fn])], shared_memory=True, context="spawn")
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs.shape == (1, 2, 4, 84, 84) and obs.dtype == np.uint8
+        obs, _, _, _, info = envs.step(np.ones((1, 2), np.int64))
+        ((rewards, terminated, truncated), inner), *_ = info["group"]  # one group: its two envs' step
+        assert obs.shape == (1, 2, 4, 84, 84) and rewards.shape == terminated.shape == (2,)
+        assert (inner["x_pos"] >= 40).all()
+    finally:
+        envs.close()

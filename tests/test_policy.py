@@ -249,9 +249,9 @@ def test_evaluate_from_a_frame_of_the_demonstration_starts_every_episode_there()
     frame, reaches the flag within a few dozen agent steps; from the stage's start it takes about 280."""
     from pathlib import Path
 
-    from mario_rl.envs import demo_state, make_base_env
+    from mario_rl.demonstration import demo_state, load_demo
+    from mario_rl.envs import make_base_env
     from mario_rl.evaluate import evaluate
-    from mario_rl.explore import load_demo
 
     demo = load_demo(Path(__file__).resolve().parents[1] / "demos" / "1-1.json")
     frame = len(demo["frames"]) - 80

@@ -9,7 +9,7 @@ in each state, so before PPO's first update the network is fitted to those press
 The demonstration is one trajectory without perturbations, and a network fitted to
 it alone has seen none of the states that sticky actions lead to. So the data also
 holds short perturbed stretches: from every start state along the demonstration
-(`curriculum.DEMO_STRIDE` frames apart) the demonstration's own buttons are played on
+(`demonstration.DEMO_STRIDE` frames apart) the demonstration's own buttons are played on
 for `span` agent steps under frame-level sticky actions, and each observation is
 labelled with the button the demonstration pressed at that moment. A delay of a frame
 or two changes little over `span` steps, so the label is still mostly the right one.
@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mario_rl.errors import UserError
-
 
 @dataclass
 class CloneData:
@@ -39,24 +37,6 @@ class CloneData:
     obs: torch.Tensor
     actions: torch.Tensor
     returns: torch.Tensor
-
-
-def demo_labels(demo: dict, actions: str, frame_skip: int = 4) -> list[int]:
-    """The demonstration's agent actions: the index in `actions` of the byte held over each `frame_skip` frames."""
-    from mario_rl.envs import action_bytes
-
-    index = {b: i for i, b in enumerate(action_bytes(actions))}
-    frames = demo["frames"]
-    labels = []
-    for t in range(0, len(frames), frame_skip):
-        b = frames[t]
-        if b not in index:
-            raise UserError(
-                f"the demonstration presses byte {b} at frame {t}, which is not in the {actions!r} "
-                "action set: clone it with the action set it was explored with"
-            )
-        labels.append(index[b])
-    return labels
 
 
 def demo_dataset(
@@ -73,16 +53,8 @@ def demo_dataset(
     """Observations along the demonstration with its actions as labels: the demonstration itself replayed
     through the policy's preprocessing, plus `passes` perturbed stretches of `span` agent steps from each of
     its start states (sticky actions `sticky`)."""
-    from mario_rl.curriculum import DEMO_STRIDE
-    from mario_rl.envs import (
-        Preprocessing,
-        StartFrom,
-        demo_snapshots,
-        lean_game,
-        make_base_env,
-        make_env,
-        wrap_preprocessing,
-    )
+    from mario_rl.demonstration import DEMO_STRIDE, demo_labels, demo_snapshots
+    from mario_rl.envs import Preprocessing, StartFrom, lean_game, make_base_env, make_env, wrap_preprocessing
 
     pre = Preprocessing(actions)
     labels = demo_labels(demo, actions, pre.frame_skip)

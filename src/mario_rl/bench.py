@@ -45,11 +45,9 @@ def _gameplay_frames(env, seconds: float, buttons: np.ndarray) -> int:
 
 
 def _gameplay_env():
-    import gym_super_mario_bros
+    from mario_rl.envs import action_bytes, make_raw
 
-    from mario_rl.envs import action_bytes
-
-    env = gym_super_mario_bros.make("SuperMarioBros-1-1-v0").unwrapped
+    env = make_raw("1-1").unwrapped
     env.reset()
     return env, np.random.default_rng(0).choice(action_bytes("simple"), size=4096)
 

@@ -192,7 +192,7 @@ def play_preview(stage: str, source: str, path: Path, media: Path, cfg: BoardCon
                 "temperature": policy.temperature,
             }
         else:
-            from mario_rl.explore import load_demo, replay
+            from mario_rl.demonstration import load_demo, replay
 
             demo = load_demo(path)
             if demo["stage"] != stage:

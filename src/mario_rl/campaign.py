@@ -156,7 +156,7 @@ def stage_order(stages: tuple[str, ...], registry: dict, models: Path) -> list[s
 def sync_registry(cfg: CampaignConfig) -> dict:
     """Bring the registry up to date with what is on disk: demonstrations in demos/ and bundled policies
     with their eval.json (a stage the registry has never seen)."""
-    from mario_rl.explore import load_demo
+    from mario_rl.demonstration import load_demo
 
     registry = reg_mod.load_registry(cfg.registry)
     for stage in STAGES:
@@ -165,7 +165,7 @@ def sync_registry(cfg: CampaignConfig) -> dict:
         e = registry["stages"][stage]
         demo_path = cfg.demos / f"{stage}.json"
         if e["demo"] is None and demo_path.exists():
-            from mario_rl.explore import replay
+            from mario_rl.demonstration import replay
 
             check = replay(load_demo(demo_path))
             x, flag = int(check["x"]), bool(check["flag"])

@@ -85,7 +85,7 @@ def skip_search(stage: str, cfg: CampaignConfig) -> bool:
 
 
 def _demo_end_x(demo: dict) -> int:
-    from mario_rl.explore import replay
+    from mario_rl.demonstration import replay
 
     return int(replay(demo)["x"])
 
@@ -93,7 +93,8 @@ def _demo_end_x(demo: dict) -> int:
 def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: float | None = None) -> dict | None:
     """The stage's demonstration in folder/explore/demo.json: the one there, else demos/<stage>.json, else a
     new search (written to demos/ too when it reaches the flag). None when no search found the flag."""
-    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore, save_demo
+    from mario_rl.demonstration import load_demo, replay, save_demo
+    from mario_rl.explore import ExploreConfig, run_explore
 
     path = folder / "explore" / "demo.json"
     shared = cfg.demos / f"{stage}.json"

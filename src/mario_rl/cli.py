@@ -214,7 +214,7 @@ def cmd_eval(args: list[str]) -> None:
         check_output_path(a.video)
     demo = None
     if a.from_frame or a.demo is not None:
-        from mario_rl.explore import load_demo
+        from mario_rl.demonstration import load_demo
 
         if a.demo is None or not a.from_frame:
             raise UserError("--demo and --from-frame go together")

@@ -12,7 +12,7 @@ one it can already do.
 
 `BackwardCurriculum` is that bookkeeping; `StartPriorities` is another order, which
 draws the starts from where the agent clears only sometimes; envs.DemoStart restores
-the states and agents.ppo trains with `--demo`.
+the states (mario_rl.demonstration takes and counts them) and agents.ppo trains with `--demo`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-DEMO_STRIDE = 16
-"""frames between the demonstration states episodes can start from"""
-
-
-def demo_starts(frames: int, stride: int = DEMO_STRIDE) -> int:
-    """Start states of a demonstration of `frames` frames: frame 0, stride, 2 stride, ... before the last frame."""
-    return 1 + max(frames - 1, 0) // stride
+from mario_rl.demonstration import DEMO_STRIDE
 
 
 @dataclass

@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 
 from mario_rl import registry as reg_mod
-from mario_rl.envs import demo_state, level_x, make_base_env
+from mario_rl.demonstration import demo_state
+from mario_rl.envs import level_x, make_base_env
 from mario_rl.errors import UserError
 
 PROTOCOL = {"episodes": 20, "sticky": 0.25, "noop_max": 30}

@@ -170,7 +170,8 @@ def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool
 def _find_demo(cfg: SolveConfig, demo_path: Path, out: Path, echo) -> None:
     """Phase 1: the demonstration in demo_path if it replays to the flag, else a search (SolveFailed when it
     finds no flag)."""
-    from mario_rl.explore import ExploreConfig, load_demo, replay, run_explore
+    from mario_rl.demonstration import load_demo, replay
+    from mario_rl.explore import ExploreConfig, run_explore
 
     if demo_path.exists() and replay(load_demo(demo_path))["flag"]:
         echo(f"using the demonstration in {demo_path}")

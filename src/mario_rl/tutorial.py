@@ -296,12 +296,12 @@ def main(argv=None) -> int:
     parser.add_argument("--burnin", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    import gym_super_mario_bros
+    from mario_rl.envs import make_raw
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    env = gym_super_mario_bros.make("SuperMarioBros-1-1-v0")
+    env = make_raw("1-1")  # the tutorial's gym_super_mario_bros.make("SuperMarioBros-1-1-v0")
     from nes_py.wrappers import JoypadSpace
 
     env = JoypadSpace(env, [["right"], ["right", "A"]])

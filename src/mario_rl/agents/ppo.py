@@ -303,8 +303,8 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     bf16 = use_bf16(cfg.precision, dev)
     demo, curriculum, window, priorities = None, None, None, None
     if cfg.demo is not None:
-        from mario_rl.curriculum import BackwardCurriculum, StartPriorities, demo_starts
-        from mario_rl.explore import load_demo, save_demo
+        from mario_rl.curriculum import BackwardCurriculum, StartPriorities
+        from mario_rl.demonstration import demo_starts, load_demo, save_demo
 
         # The run keeps its own copy, so that --resume does not depend on the original file.
         copy = run.dir / "demo.json"

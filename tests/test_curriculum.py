@@ -1,0 +1,52 @@
+import pytest
+
+from mario_rl.curriculum import BackwardCurriculum
+from mario_rl.demonstration import DEMO_STRIDE, demo_starts
+
+
+def test_backward_curriculum_moves_back_only_on_success():
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
+    assert c.window() == (29, 29) and c.start_frame == 29 * DEMO_STRIDE
+    for _ in range(4):
+        assert not c.record(29 * DEMO_STRIDE, cleared=False)  # failures never move it
+    assert c.window() == (29, 29)
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
+    moved = [c.record(29 * DEMO_STRIDE + 3, cleared=i % 2 == 0) for i in range(4)]
+    assert moved == [False, False, False, True] and c.window() == (21, 24)
+    assert not c.record(0, cleared=True)  # a real reset is not a start in the window
+    assert not c.record(29 * DEMO_STRIDE, cleared=True)  # nor a start behind it
+    for lo in (5, 0):  # clearing every time: twice the step
+        for _ in range(4):
+            c.record(c.lo * DEMO_STRIDE, cleared=True)
+        assert c.lo == lo
+    for _ in range(4):
+        c.record(0, cleared=True)  # at the start, real resets count
+    assert c.done and c.window() == (0, -1) and c.start_frame == 0
+    assert demo_starts(1) == 1 and demo_starts(17) == 2 and demo_starts(33) == 3
+    # The rate is over the latest 2 x min_episodes: an early run of failures stops counting.
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4)
+    for _ in range(20):
+        assert not c.record(29 * DEMO_STRIDE, cleared=False)
+    moved = [c.record(29 * DEMO_STRIDE, cleared=True) for _ in range(4)]
+    assert moved == [False, False, False, True] and c.lo == 21
+
+
+def test_start_priorities_favour_stretches_cleared_only_sometimes():
+    from mario_rl.curriculum import StartPriorities
+
+    p = StartPriorities(starts=12, segment=4, floor=0.05, window=8, min_episodes=4)
+    # Untried segments share the largest weight: uniform at first.
+    assert p.weights() == pytest.approx([1 / 12] * 12) and p.segment_rates() == [None, None, None]
+    for i in range(8):
+        p.record(1 * DEMO_STRIDE, cleared=i % 2 == 0)  # segment 0: half
+        p.record(5 * DEMO_STRIDE, cleared=False)  # segment 1: never
+        p.record(9 * DEMO_STRIDE, cleared=True)  # segment 2: always
+    assert p.segment_rates() == [0.5, 0.0, 1.0]
+    w = p.weights()
+    assert abs(sum(w) - 1) < 1e-9 and w[0] == w[3] and w[4] == w[11]
+    assert w[0] == pytest.approx(0.30 / 0.40 / 4) and w[4] == pytest.approx(0.05 / 0.40 / 4)  # 0.25 + floor
+    assert not p.record(0, True) and not p.record(-1, True) and not p.record(12 * DEMO_STRIDE, True)
+    # The latest `window` episodes count: a segment the agent learns moves from the floor to the top.
+    for _ in range(4):
+        p.record(5 * DEMO_STRIDE, cleared=True)
+    assert p.segment_rates()[1] == 0.5
