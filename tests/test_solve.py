@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 import mario_rl.agents.ppo as ppo_mod
+import mario_rl.demonstration as demonstration_mod
 import mario_rl.evaluate as evaluate_mod
-import mario_rl.explore as explore_mod
 import mario_rl.policy as policy_mod
 from mario_rl.solve import SolveConfig, solve
 
@@ -41,8 +41,8 @@ def fakes(tmp_path, monkeypatch):
     def load_policy(path, temperature=None):
         return SimpleNamespace(path=path, temperature=temperature)
 
-    monkeypatch.setattr(explore_mod, "load_demo", lambda path: {"stage": "1-1"})
-    monkeypatch.setattr(explore_mod, "replay", lambda demo: {"flag": True, "x": 3161})
+    monkeypatch.setattr(demonstration_mod, "load_demo", lambda path: {"stage": "1-1"})
+    monkeypatch.setattr(demonstration_mod, "replay", lambda demo: {"flag": True, "x": 3161})
     monkeypatch.setattr(ppo_mod, "train", train)
     monkeypatch.setattr(evaluate_mod, "evaluate", evaluate)
     monkeypatch.setattr(policy_mod, "load_policy", load_policy)
