@@ -8,7 +8,7 @@ A run folder:
     episodes.csv           one row per finished episode (step, return, length, x, flag, ...)
     tb/                    TensorBoard events (charts/, losses/)
     plots/*.png            learning curves, refreshed while training
-    checkpoint.safetensors everything to resume exactly (weights, optimizer, replay, RNGs, counters)
+    checkpoint.safetensors everything to resume (weights, optimizer, replay, RNGs, counters; checkpoint.py)
     policy.safetensors     the latest policy, loadable with mario_rl.load_policy
     videos/step_*.mp4      the greedy policy at each checkpoint
 """
@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import torch
 import tyro
 
+from mario_rl.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.envs import Preprocessing, env_id, level_x
 from mario_rl.errors import UserError
 from mario_rl.progress import ProgressDisplay
-from mario_rl.storage import atomic_write, load_tensors, save_tensors
+from mario_rl.storage import atomic_write
 
 
 @dataclass
@@ -142,14 +142,15 @@ class Run:
         self.checkpoint_path = self.dir / "checkpoint.safetensors"
         self.policy_path = self.dir / "policy.safetensors"
         self.resumed_state: tuple[dict, dict] | None = None
+        """(tensors, state) of the checkpoint this run resumes from, migrated to the current version"""
         if cfg.resume:
             if not self.dir.is_dir():
                 raise UserError(f"nothing to resume: {self.dir} does not exist")
             if self.checkpoint_path.exists():
-                tensors, state = load_tensors(self.checkpoint_path, "checkpoint")
+                tensors, state = load_checkpoint(self.checkpoint_path)
                 saved = state["config"]
-                if saved.get("algo") != cfg.algo:
-                    raise UserError(f"{self.dir} is a {saved.get('algo')} run, not {cfg.algo}")
+                if state["algo"] != cfg.algo:
+                    raise UserError(f"{self.dir} is a {state['algo']} run, not {cfg.algo}")
                 # The saved config wins, except the new step budget and what --resume-set names.
                 changes = _parse_resume_set(cfg.resume_set, saved)
                 for key, value in saved.items():
@@ -182,8 +183,7 @@ class Run:
 
         self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=start_step or None)
         self.recent = deque(maxlen=20)
-        # level_x: runs before it saved 4-4's wrapped x as a best x of 65,535.
-        self.best_x = level_x(int(self.resumed_state[1].get("best_x", 0))) if self.resumed_state else 0
+        self.best_x = self.resumed_state[1]["best_x"] if self.resumed_state else 0
         self._last_plot = time.monotonic()
         self._plotter: subprocess.Popen | None = None
         self._final_plot_step: int | None = None
@@ -258,8 +258,10 @@ class Run:
     # --- checkpoints, policies, videos ---
 
     def save_checkpoint(self, step: int, tensors: dict, state: dict) -> None:
-        state = {**state, "step": step, "best_x": self.best_x, "config": self.cfg.to_json()}
-        save_tensors(self.checkpoint_path, tensors, state)
+        # level_x: DDQN logs the game's x_pos, which wraps on 4-4.
+        counters = {"step": step, "best_x": level_x(self.best_x)}
+        state = {"algo": self.cfg.algo, **state, **counters, "config": self.cfg.to_json()}
+        save_checkpoint(self.checkpoint_path, tensors, state)
 
     def record_video(self, act, step: int) -> Path | None:
         """A short video of the greedy policy on the training stage (no perturbations)."""
@@ -300,23 +302,3 @@ class Run:
         self.progress.close()
         self.tb.close()
         self._csv_file.close()
-
-
-# --- RNG states to and from JSON (numpy) and tensors (torch) ---
-
-
-def rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
-def set_rng_state(rng: np.random.Generator, state: dict) -> None:
-    rng.bit_generator.state = state
-
-
-def torch_rng_tensors() -> dict[str, torch.Tensor]:
-    return {"rng.torch": torch.get_rng_state()}
-
-
-def set_torch_rng(tensors: dict[str, torch.Tensor]) -> None:
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])

@@ -24,13 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from mario_rl.checkpoint import (
+    load_optimizer,
+    optimizer_state,
+    prefixed,
+    rng_state,
+    set_rng_state,
+    set_torch_rng,
+    torch_rng_tensors,
+    unprefixed,
+)
 from mario_rl.envs import Preprocessing, make_env
 from mario_rl.errors import UserError
 from mario_rl.nets import MarioNet
 from mario_rl.policy import save_policy
 from mario_rl.replay import FrameReplay
-from mario_rl.storage import flatten_state, unflatten_state
-from mario_rl.training import Run, TrainConfig, rng_state, set_rng_state, set_torch_rng, torch_rng_tensors
+from mario_rl.training import Run, TrainConfig
 
 
 @dataclass
@@ -149,12 +158,11 @@ class DDQNAgent:
     # --- checkpoints ---
 
     def state(self) -> tuple[dict, dict]:
-        tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
-        tensors |= {f"target.{k}": v for k, v in self.target.state_dict().items()}
-        optim = flatten_state("optim", self.optimizer.state_dict(), tensors)
+        tensors = prefixed("online", self.online.state_dict()) | prefixed("target", self.target.state_dict())
+        optim = optimizer_state(self.optimizer, tensors)
         tensors |= torch_rng_tensors()
         if self.cfg.save_replay:
-            tensors |= {f"replay.{k}": v for k, v in self.replay.state_dict().items()}
+            tensors |= prefixed("replay", self.replay.state_dict())
         state = {
             "optim": optim,
             "exploration_rate": self.exploration_rate,
@@ -165,17 +173,14 @@ class DDQNAgent:
         return tensors, state
 
     def load(self, tensors: dict, state: dict, step: int) -> None:
-        def sub(prefix):
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        self.online.load_state_dict(sub("online."))
-        self.target.load_state_dict(sub("target."))
-        self.optimizer.load_state_dict(unflatten_state(state["optim"], tensors))
+        self.online.load_state_dict(unprefixed("online", tensors))
+        self.target.load_state_dict(unprefixed("target", tensors))
+        load_optimizer(self.optimizer, state["optim"], tensors)
         set_torch_rng(tensors)
         self.exploration_rate = state["exploration_rate"]
         set_rng_state(self.act_rng, state["act_rng"])
         set_rng_state(self.replay_rng, state["replay_rng"])
-        replay = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in sub("replay.").items()}
+        replay = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in unprefixed("replay", tensors).items()}
         if replay:
             self.replay.load_state_dict(replay)
             self.learn_from = state["learn_from"]
