@@ -1,14 +1,16 @@
-"""What every training run shares, whatever the algorithm: its folder, config, metrics
-(CSV + TensorBoard), live progress, learning-curve plots, checkpoints and videos.
+"""What every training run shares, whatever the algorithm: its folder, config, resume, metrics
+(CSV + TensorBoard), live progress, learning-curve plots, checkpoints, videos, episode seeds and the
+training loop itself (`Run.loop`).
 
-An algorithm file (agents/ddqn.py, ...) holds only the algorithm and calls into a `Run`.
+An algorithm file (agents/ddqn.py, agents/ppo.py) holds only the algorithm: a `Learner` that trains in
+`updates()`; the `Run` drives it, checkpoints it, stops it and closes it.
 
 A run folder:
     config.json            the full config, written first
     episodes.csv           one row per finished episode (step, return, length, x, flag, ...)
     tb/                    TensorBoard events (charts/, losses/)
     plots/*.png            learning curves, refreshed while training
-    checkpoint.safetensors everything to resume exactly (weights, optimizer, replay, RNGs, counters)
+    checkpoint.safetensors everything to resume (weights, optimizer, replay, RNGs, counters; checkpoint.py)
     policy.safetensors     the latest policy, loadable with mario_rl.load_policy
     videos/step_*.mp4      the greedy policy at each checkpoint
 """
@@ -23,17 +25,19 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import numpy as np
-import torch
 import tyro
 
+from mario_rl.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.envs import Preprocessing, env_id, level_x
 from mario_rl.errors import UserError
-from mario_rl.storage import atomic_write, load_tensors, save_tensors
+from mario_rl.progress import ProgressDisplay
+from mario_rl.storage import atomic_write
 
 
 @dataclass
@@ -91,8 +95,9 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-_RESUME_FLAGS = ("steps", "resume", "run_dir", "resume_set")
-"""what a resume takes from its own flags, not from the saved config"""
+_RESUME_FLAGS = ("steps", "resume", "run_dir", "resume_set", "device")
+"""what a resume takes from its own flags, not from the saved config (the device belongs to the machine that
+resumes: a run saved on a GPU machine resumes on a CPU-only one)"""
 _FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps") + _RESUME_FLAGS
 """what --resume-set may not change: what the run is, shapes its checkpoint holds, and what has its own flag"""
 
@@ -129,8 +134,28 @@ EPISODE_FIELDS = ["step", "episode", "return", "length", "x", "flag", "epsilon",
 0 for a real reset, -1 for a retry from before one of the agent's own deaths (envs.DemoStart)."""
 
 
+class Learner(Protocol):
+    """An algorithm as the shared loop drives it (agents/ddqn.py's DDQN, agents/ppo.py's PPO)."""
+
+    def updates(self) -> Iterator[int]:
+        """Train up to --steps, yielding the agent step after each unit of work (DDQN: a step; PPO: an update)."""
+        ...
+
+    def state(self) -> tuple[dict, dict]:
+        """Its part of a checkpoint: tensors, and JSON-able state (checkpoint.py)."""
+        ...
+
+    def save_policy(self, step: int) -> Path:
+        """Write the run's policy file; returns its path."""
+        ...
+
+    def greedy(self, obs: np.ndarray) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class Run:
-    """One training run's folder and the logging that hangs off the training loop."""
+    """One training run: its folder, resume, logging, checkpoints, and the loop that drives a `Learner`."""
 
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
@@ -141,27 +166,11 @@ class Run:
         self.checkpoint_path = self.dir / "checkpoint.safetensors"
         self.policy_path = self.dir / "policy.safetensors"
         self.resumed_state: tuple[dict, dict] | None = None
+        """(tensors, state) of the checkpoint this run resumes from, migrated to the current version"""
         if cfg.resume:
-            if not self.dir.is_dir():
-                raise UserError(f"nothing to resume: {self.dir} does not exist")
-            if self.checkpoint_path.exists():
-                tensors, state = load_tensors(self.checkpoint_path, "checkpoint")
-                saved = state["config"]
-                if saved.get("algo") != cfg.algo:
-                    raise UserError(f"{self.dir} is a {saved.get('algo')} run, not {cfg.algo}")
-                # The saved config wins, except the new step budget and what --resume-set names.
-                changes = _parse_resume_set(cfg.resume_set, saved)
-                for key, value in saved.items():
-                    if key not in _RESUME_FLAGS:
-                        setattr(cfg, key, value)
-                for key, value in changes.items():
-                    print(f"--resume-set: {key} {saved[key]!r} -> {value!r}", flush=True)
-                    setattr(cfg, key, value)
-                cfg.validate()
-                self.resumed_state = (tensors, state)
-        else:
-            if self.checkpoint_path.exists():
-                raise UserError(f"{self.dir} already holds a run; pass --resume to continue it")
+            self.resumed_state = self._resume(cfg)
+        elif self.checkpoint_path.exists():
+            raise UserError(f"{self.dir} already holds a run; pass --resume to continue it")
         try:
             (self.dir / "plots").mkdir(parents=True, exist_ok=True)
             (self.dir / "videos").mkdir(exist_ok=True)
@@ -169,7 +178,12 @@ class Run:
             raise UserError(f"cannot create run folder {self.dir}: {e.strerror or e}") from None
         self.cfg = cfg
         atomic_write(self.dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2)))
-        start_step = self.resumed_state[1]["step"] if self.resumed_state else 0
+        state = self.resumed_state[1] if self.resumed_state else {"step": 0, "episode": 0, "best_x": 0}
+        self.start_step: int = state["step"]
+        self.episode: int = state["episode"]
+        """episodes finished so far (log_episode counts them)"""
+        self.best_x: int = state["best_x"]
+        start_step = self.start_step
         self._episodes_csv = self.dir / "episodes.csv"
         self._truncate_csv(self._episodes_csv, start_step)
         new = not self._episodes_csv.exists()
@@ -181,12 +195,31 @@ class Run:
 
         self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=start_step or None)
         self.recent = deque(maxlen=20)
-        # level_x: runs before it saved 4-4's wrapped x as a best x of 65,535.
-        self.best_x = level_x(int(self.resumed_state[1].get("best_x", 0))) if self.resumed_state else 0
         self._last_plot = time.monotonic()
         self._plotter: subprocess.Popen | None = None
         self._final_plot_step: int | None = None
         self.progress = ProgressDisplay(cfg.steps, start_step)
+
+    def _resume(self, cfg: TrainConfig) -> tuple[dict, dict] | None:
+        """The checkpoint to resume from (None in a run folder without one yet); `cfg` becomes its config."""
+        if not self.dir.is_dir():
+            raise UserError(f"nothing to resume: {self.dir} does not exist")
+        if not self.checkpoint_path.exists():
+            return None
+        tensors, state = load_checkpoint(self.checkpoint_path)
+        saved = state["config"]
+        if state["algo"] != cfg.algo:
+            raise UserError(f"{self.dir} is a {state['algo']} run, not {cfg.algo}")
+        # The saved config wins, except the new step budget and what --resume-set names.
+        changes = _parse_resume_set(cfg.resume_set, saved)
+        for key, value in saved.items():
+            if key not in _RESUME_FLAGS:
+                setattr(cfg, key, value)
+        for key, value in changes.items():
+            print(f"--resume-set: {key} {saved[key]!r} -> {value!r}", flush=True)
+            setattr(cfg, key, value)
+        cfg.validate()
+        return tensors, state
 
     @staticmethod
     def _truncate_csv(path: Path, step: int) -> None:
@@ -207,8 +240,14 @@ class Run:
 
     # --- logging ---
 
+    def episode_seed(self) -> int:
+        """The seed of the next episode's reset, from the run seed and the episodes so far: resumable, reproducible."""
+        return self.cfg.seed * 1_000_003 + self.episode
+
     def log_episode(self, step: int, **values) -> None:
-        values = {"step": step, "time": round(time.time(), 3), **values}
+        """A finished episode: counted, and written to episodes.csv and TensorBoard."""
+        self.episode += 1
+        values = {"step": step, "episode": self.episode, "time": round(time.time(), 3), **values}
         self._csv.writerow(values)
         self._csv_file.flush()
         self.best_x = max(self.best_x, int(values.get("x", 0)))
@@ -256,9 +295,16 @@ class Run:
 
     # --- checkpoints, policies, videos ---
 
-    def save_checkpoint(self, step: int, tensors: dict, state: dict) -> None:
-        state = {**state, "step": step, "best_x": self.best_x, "config": self.cfg.to_json()}
-        save_tensors(self.checkpoint_path, tensors, state)
+    def save(self, step: int, learner: Learner) -> None:
+        """What each checkpoint interval writes: the checkpoint, the policy file and a video."""
+        tensors, state = learner.state()
+        # level_x: DDQN logs the game's x_pos, which wraps on 4-4.
+        counters = {"step": step, "episode": self.episode, "best_x": level_x(self.best_x)}
+        save_checkpoint(
+            self.checkpoint_path, tensors, {"algo": self.cfg.algo, **counters, **state, "config": self.cfg.to_json()}
+        )
+        learner.save_policy(step)
+        self.record_video(learner.greedy, step)
 
     def record_video(self, act, step: int) -> Path | None:
         """A short video of the greedy policy on the training stage (no perturbations)."""
@@ -279,13 +325,34 @@ class Run:
         self.log_scalars(step, "eval", video_x=result["x"], video_flag=int(result["cleared"]))
         return out
 
-    def finish(self, step: int, start_step: int, loop_start: float, save) -> None:
+    # --- the loop ---
+
+    def loop(self, learner: Learner, stop: Callable[[int], bool] | None = None) -> int:
+        """Drive `learner.updates()` to --steps, checkpointing whenever the step passes a multiple of
+        --checkpoint-every; `stop(step)` returning True ends it early. Then the final checkpoint, and
+        the learner and the run are closed however the loop ended. Returns the last step."""
+        step = self.start_step
+        every, t_loop = self.cfg.checkpoint_every, time.perf_counter()
+        try:
+            for now in learner.updates():
+                passed, step = now // every > step // every, now
+                if stop is not None and stop(step):
+                    break
+                if passed and step < self.cfg.steps:
+                    self.save(step, learner)
+            self._finish(step, t_loop, learner)
+        finally:
+            learner.close()
+            self.close()
+        return step
+
+    def _finish(self, step: int, loop_start: float, learner: Learner) -> None:
         """After the training loop: final plots (drawn while the last checkpoint is written), the
-        last checkpoint via `save(step)`, and the loop's speed (bench reads this line)."""
+        last checkpoint, and the loop's speed (bench reads this line)."""
         seconds = time.perf_counter() - loop_start
         self.plot(final=True)
-        save(step)
-        trained = step - start_step
+        self.save(step, learner)
+        trained = step - self.start_step
         print(
             f"trained {trained:,} agent steps in {seconds:.1f} s ({trained / max(seconds, 1e-9):.1f} steps/s)",
             flush=True,
@@ -299,80 +366,3 @@ class Run:
         self.progress.close()
         self.tb.close()
         self._csv_file.close()
-
-
-class ProgressDisplay:
-    """A live rich progress bar on a terminal; a plain line every 30 s in a log file."""
-
-    def __init__(self, total: int, start: int):
-        self.total, self.start = total, start
-        self.last_step = start
-        self.t0 = time.monotonic()
-        self.sps = 0.0
-        self._window = deque(maxlen=50)
-        self._last_print = 0.0
-        self.live = sys.stdout.isatty()
-        self._bar = None
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[status]}"),
-            )
-            self._task = self._bar.add_task("train", total=total, completed=start, status="")
-            self._bar.start()
-
-    def update(self, step: int, **status) -> None:
-        self.last_step = step
-        now = time.monotonic()
-        self._window.append((now, step))
-        if len(self._window) > 1 and now > self._window[0][0]:
-            self.sps = (step - self._window[0][1]) / (now - self._window[0][0])
-        text = format_status(sps=self.sps, **status)
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, status=text)
-        elif now - self._last_print > 30 or step >= self.total:
-            self._last_print = now
-            print(f"step {step:,}/{self.total:,} | {text}", flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def format_status(**status) -> str:
-    parts = []
-    for key, value in status.items():
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        if key == "sps":
-            parts.append(f"{value:.0f} steps/s")
-        elif isinstance(value, float):
-            parts.append(f"{key.replace('_', ' ')} {value:.3g}")
-        else:
-            parts.append(f"{key.replace('_', ' ')} {value}")
-    return " | ".join(parts)
-
-
-# --- RNG states to and from JSON (numpy) and tensors (torch) ---
-
-
-def rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
-def set_rng_state(rng: np.random.Generator, state: dict) -> None:
-    rng.bit_generator.state = state
-
-
-def torch_rng_tensors() -> dict[str, torch.Tensor]:
-    return {"rng.torch": torch.get_rng_state()}
-
-
-def set_torch_rng(tensors: dict[str, torch.Tensor]) -> None:
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])

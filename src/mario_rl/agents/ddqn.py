@@ -18,19 +18,30 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from mario_rl.checkpoint import (
+    load_optimizer,
+    optimizer_state,
+    prefixed,
+    rng_state,
+    set_rng_state,
+    set_torch_rng,
+    torch_rng_tensors,
+    unprefixed,
+)
 from mario_rl.envs import Preprocessing, make_env
 from mario_rl.errors import UserError
 from mario_rl.nets import MarioNet
 from mario_rl.policy import save_policy
 from mario_rl.replay import FrameReplay
-from mario_rl.storage import flatten_state, unflatten_state
-from mario_rl.training import Run, TrainConfig, rng_state, set_rng_state, set_torch_rng, torch_rng_tensors
+from mario_rl.training import Run, TrainConfig
 
 
 @dataclass
@@ -149,12 +160,11 @@ class DDQNAgent:
     # --- checkpoints ---
 
     def state(self) -> tuple[dict, dict]:
-        tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
-        tensors |= {f"target.{k}": v for k, v in self.target.state_dict().items()}
-        optim = flatten_state("optim", self.optimizer.state_dict(), tensors)
+        tensors = prefixed("online", self.online.state_dict()) | prefixed("target", self.target.state_dict())
+        optim = optimizer_state(self.optimizer, tensors)
         tensors |= torch_rng_tensors()
         if self.cfg.save_replay:
-            tensors |= {f"replay.{k}": v for k, v in self.replay.state_dict().items()}
+            tensors |= prefixed("replay", self.replay.state_dict())
         state = {
             "optim": optim,
             "exploration_rate": self.exploration_rate,
@@ -165,17 +175,14 @@ class DDQNAgent:
         return tensors, state
 
     def load(self, tensors: dict, state: dict, step: int) -> None:
-        def sub(prefix):
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        self.online.load_state_dict(sub("online."))
-        self.target.load_state_dict(sub("target."))
-        self.optimizer.load_state_dict(unflatten_state(state["optim"], tensors))
+        self.online.load_state_dict(unprefixed("online", tensors))
+        self.target.load_state_dict(unprefixed("target", tensors))
+        load_optimizer(self.optimizer, state["optim"], tensors)
         set_torch_rng(tensors)
         self.exploration_rate = state["exploration_rate"]
         set_rng_state(self.act_rng, state["act_rng"])
         set_rng_state(self.replay_rng, state["replay_rng"])
-        replay = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in sub("replay.").items()}
+        replay = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in unprefixed("replay", tensors).items()}
         if replay:
             self.replay.load_state_dict(replay)
             self.learn_from = state["learn_from"]
@@ -183,69 +190,52 @@ class DDQNAgent:
             self.learn_from = step + self.cfg.burnin
 
 
-def train(cfg: DDQNConfig) -> Run:
-    """Train Double DQN on one stage; resumable; returns the finished Run."""
-    cfg.algo = "ddqn"
-    run = Run(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    pre = Preprocessing(cfg.actions)
-    env = make_env(cfg.stage, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max)
-    agent = DDQNAgent(cfg, int(env.action_space.n), pre)
-    step, episode = 0, 0
-    if run.resumed_state is not None:
-        tensors, state = run.resumed_state
-        step, episode = state["step"], state["episode"]
-        agent.load(tensors, state, step)
-        print(f"resumed {run.dir} at step {step:,} (episode {episode})", flush=True)
-    torch.set_flush_denormal(True)
+class DDQN:
+    """A DDQN run as the shared loop drives it (training.Learner): the agent, its env, and the step loop."""
 
-    def save(step: int) -> None:
-        tensors, state = agent.state()
-        run.save_checkpoint(step, tensors, {**state, "episode": episode})
-        save_policy(
-            run.policy_path,
-            agent.online,
-            algorithm="ddqn",
-            network="MarioNet",
-            network_kwargs=agent.net_kwargs,
-            preprocessing=pre,
-            stage=cfg.stage,
-            steps=step,
-        )
-        run.record_video(agent.greedy, step)
+    def __init__(self, cfg: DDQNConfig, run: Run):
+        self.cfg, self.run = cfg, run
+        self.pre = Preprocessing(cfg.actions)
+        self.env = make_env(cfg.stage, cfg.actions, sticky=cfg.sticky, noop_max=cfg.noop_max)
+        self.agent = DDQNAgent(cfg, int(self.env.action_space.n), self.pre)
+        self.step = run.start_step
+        if run.resumed_state is not None:
+            self.agent.load(*run.resumed_state, step=self.step)
+            print(f"resumed {run.dir} at step {self.step:,} (episode {run.episode})", flush=True)
+        torch.set_flush_denormal(True)
+        self.obs = self.new_episode()
 
-    def new_episode():
-        # Each episode's seed is derived from the run seed and its number: resumable and reproducible.
-        obs, _ = env.reset(seed=cfg.seed * 1_000_003 + episode)
-        agent.replay.start_episode(obs)
+    def new_episode(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.run.episode_seed())
+        self.agent.replay.start_episode(obs)
         return obs
 
-    obs = new_episode()
-    t_loop, step_loop = time.perf_counter(), step
-    ep_return, ep_len, ep_x, ep_loss, ep_q = 0.0, 0, 0, [], []
-    last_sps_log = time.monotonic()
-    try:
-        while step < cfg.steps:
+    def updates(self) -> Iterator[int]:
+        """The tutorial's loop: act, step, remember, learn; one yield per agent step."""
+        cfg, run, agent = self.cfg, self.run, self.agent
+        ep_return, ep_len, ep_x, ep_loss, ep_q = 0.0, 0, 0, [], []
+        last_sps_log = time.monotonic()
+        while self.step < cfg.steps:
+            # The next episode starts here rather than where the last one ended, so that a checkpoint
+            # written in between holds none of it and a resume from there continues exactly.
+            obs = self.obs if self.obs is not None else self.new_episode()
             action = agent.explore()  # the tutorial's act(): coin, then maybe the network
             if action is None:
                 action = agent.greedy(obs)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            step += 1
-            agent.replay.add(action, reward, terminated, next_obs)
+            self.obs, reward, terminated, truncated, info = self.env.step(action)
+            self.step += 1
+            agent.replay.add(action, reward, terminated, self.obs)
             ep_return += reward
             ep_len += 1
             ep_x = max(ep_x, int(info["x_pos"]))
-            out = agent.learn(step)
+            out = agent.learn(self.step)
             if out is not None:
                 ep_q.append(out[0])
                 ep_loss.append(out[1])
 
             if terminated or truncated or info["flag_get"]:
-                episode += 1
                 run.log_episode(
-                    step,
-                    episode=episode,
+                    self.step,
                     **{"return": round(ep_return, 3)},
                     length=ep_len,
                     x=ep_x,
@@ -255,21 +245,49 @@ def train(cfg: DDQNConfig) -> Run:
                     q=round(float(np.mean(ep_q)), 6) if ep_q else "",
                 )
                 ep_return, ep_len, ep_x, ep_loss, ep_q = 0.0, 0, 0, [], []
-                next_obs = new_episode()
-            obs = next_obs
+                self.obs = None
 
-            if step % 100 == 0 or step == cfg.steps:
+            if self.step % 100 == 0 or self.step == cfg.steps:
                 last_loss = ep_loss[-1] if ep_loss else None
-                run.tick(step, episodes=episode, epsilon=agent.exploration_rate, loss=last_loss)
+                run.tick(self.step, episodes=run.episode, epsilon=agent.exploration_rate, loss=last_loss)
                 if time.monotonic() - last_sps_log > 10:
-                    run.log_scalars(step, "charts", SPS=run.progress.sps, epsilon=agent.exploration_rate)
+                    run.log_scalars(self.step, "charts", SPS=run.progress.sps, epsilon=agent.exploration_rate)
                     if ep_loss:
-                        run.log_scalars(step, "losses", td_loss=ep_loss[-1], q_values=ep_q[-1])
+                        run.log_scalars(self.step, "losses", td_loss=ep_loss[-1], q_values=ep_q[-1])
                     last_sps_log = time.monotonic()
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save(step)
-        run.finish(step, step_loop, t_loop, save)
-    finally:
-        env.close()
-        run.close()
+            yield self.step
+
+    def state(self) -> tuple[dict, dict]:
+        return self.agent.state()
+
+    def save_policy(self, step: int) -> Path:
+        save_policy(
+            self.run.policy_path,
+            self.agent.online,
+            algorithm="ddqn",
+            network="MarioNet",
+            network_kwargs=self.agent.net_kwargs,
+            preprocessing=self.pre,
+            stage=self.cfg.stage,
+            steps=step,
+        )
+        return self.run.policy_path
+
+    def greedy(self, obs: np.ndarray) -> int:
+        return self.agent.greedy(obs)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def train(cfg: DDQNConfig, stop: Callable[[int], bool] | None = None) -> Run:
+    """Train Double DQN on one stage; resumable; returns the finished Run.
+
+    `stop(step)`, if given, is called after every agent step; training stops early (checkpointed) when it
+    returns True."""
+    cfg.algo = "ddqn"
+    run = Run(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run.loop(DDQN(cfg, run), stop)
     return run

@@ -1,17 +1,17 @@
 """Proximal Policy Optimization (Schulman et al., 2017) on vectorized Mario emulators.
 
-Read it like CleanRL's ppo_atari.py: the config, then `gae`, then `ppo_loss`,
-then `train`: collect `num_steps` steps from every env with one batched forward
-pass per step, compute advantages with GAE, then a few epochs of minibatch
-updates on the clipped objective. Logging, checkpoints, plots and videos are the
-shared ones in training.py, as for DDQN.
+Read it like CleanRL's ppo_atari.py: the config, then `gae`, then `ppo_loss`, then
+`PPO`: set up (device, envs, network, demonstration starts: ppo_setup.py), then in
+`updates()` collect `num_steps` steps from every env with one batched forward pass
+per step, compute advantages with GAE, run a few epochs of minibatch updates on the
+clipped objective, and log. The loop around it, checkpoints, resume, plots and
+videos are the shared ones in training.py, as for DDQN.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from mario_rl.envs import Preprocessing, finished_episodes, make_vec_env
+from mario_rl.agents.ppo_setup import (
+    DemoStarts,
+    Rollout,
+    behaviour_clone,
+    learner_device,
+    make_envs,
+    use_bf16,
+    warm_start,
+)
+from mario_rl.checkpoint import load_optimizer, optimizer_state, prefixed, set_torch_rng, torch_rng_tensors, unprefixed
+from mario_rl.envs import Preprocessing, finished_episodes
 from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
 from mario_rl.policy import save_policy
-from mario_rl.storage import flatten_state, unflatten_state
-from mario_rl.training import Run, TrainConfig, set_torch_rng, torch_rng_tensors
+from mario_rl.training import Run, TrainConfig
 
 
 @dataclass
@@ -131,66 +140,6 @@ class PPOConfig(TrainConfig):
 DEMO_ORDERS = ("backward", "uniform", "prioritized")
 
 
-def learner_device(device: str) -> torch.device:
-    """The torch device of --device (auto: cuda when PyTorch sees a GPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: PyTorch sees no GPU here")
-    return torch.device(device)
-
-
-def use_bf16(precision: str, device: torch.device = torch.device("cpu")) -> bool:
-    """Whether --precision means bfloat16 convolutions on this CPU (auto on a GPU: float32)."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type != "cpu":
-        return False
-    # Without native bfloat16 instructions oneDNN emulates it, slower than float32. The check is
-    # PyTorch's own (private: if a version drops it, auto means float32).
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
-    """Load another ActorCritic policy's weights into `agent` (a new run's network). With another action set
-    the torso and value head are loaded and the policy head keeps its fresh initialization."""
-    from mario_rl.policy import load_policy
-
-    policy = load_policy(path)
-    if policy.meta.get("network") != "ActorCritic":
-        raise UserError(f"--init-policy {path}: a {policy.meta.get('network')} policy cannot start an ActorCritic run")
-    weights = policy.net.state_dict()
-    if policy.actions != actions:
-        weights = {k: v for k, v in weights.items() if not k.startswith("policy.")}
-    try:
-        agent.load_state_dict(weights, strict=policy.actions == actions)
-    except RuntimeError as e:
-        raise UserError(f"--init-policy {path}: weights do not fit ({str(e).splitlines()[0]})") from None
-    what = (
-        "all weights" if policy.actions == actions else f"torso and value head ({policy.actions} -> {actions} actions)"
-    )
-    print(
-        f"warm start from {path} ({policy.meta.get('stage')}, {policy.meta.get('steps', 0):,} steps): {what}",
-        flush=True,
-    )
-
-
-def half_moments(state: dict) -> dict:
-    """An Adam state_dict with its moments in bfloat16, for checkpoints: the file shrinks from 5.6 to 3.7 MB
-    (the weights stay float32), and load_state_dict casts them back to the weights' float32. bfloat16 keeps
-    float32's exponent range, so the tiny second moments do not underflow as they would in float16."""
-    return {
-        **state,
-        "state": {
-            k: {name: v.to(torch.bfloat16) if name in ("exp_avg", "exp_avg_sq") else v for name, v in st.items()}
-            for k, st in state["state"].items()
-        },
-    }
-
-
 def truncation_bonus(
     terminated: np.ndarray, truncated: np.ndarray, final_values: torch.Tensor, gamma: float
 ) -> torch.Tensor:
@@ -283,6 +232,219 @@ def minibatch_backward(
     return parts
 
 
+class PPO:
+    """A PPO run as the shared loop drives it (training.Learner): envs, network, optimizer and rollout."""
+
+    def __init__(self, cfg: PPOConfig, run: Run):
+        self.cfg, self.run = cfg, run
+        torch.manual_seed(cfg.seed)
+        torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
+        self.pre = Preprocessing(cfg.actions)
+        self.dev = learner_device(cfg.device)
+        self.bf16 = use_bf16(cfg.precision, self.dev)
+        self.starts = DemoStarts(cfg, run) if cfg.demo is not None else None
+        self.envs = envs = make_envs(cfg, self.starts.demo if self.starts is not None else None)
+        # Each part of the envs is stepped asynchronously (make_vec_env's parts); a plain vector env is one part.
+        self.env_parts = getattr(envs, "parts", (slice(0, cfg.envs),))
+        self.send = getattr(envs, "step_part_async", lambda p, a: envs.step_async(a))
+        self.receive = getattr(envs, "step_part_wait", lambda p: envs.step_wait())
+        n_actions, pre = int(envs.single_action_space.n), self.pre
+        self.net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
+        self.agent = ActorCritic(**self.net_kwargs).to(self.dev)
+        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=cfg.lr, eps=1e-5)
+        self.batch_size = cfg.envs * cfg.num_steps
+        self.step = run.start_step
+        print(
+            f"learner on {self.dev}, convolutions in {'bfloat16' if self.bf16 else 'float32'} "
+            f"(--precision {cfg.precision})",
+            flush=True,
+        )
+        if run.resumed_state is not None:
+            self.load(*run.resumed_state)
+        else:
+            if cfg.init_policy is not None:
+                warm_start(self.agent, Path(cfg.init_policy), cfg.actions)
+            if self.starts is not None and cfg.bc_epochs:
+                behaviour_clone(self.agent, self.starts.demo, cfg, run)
+
+        self.rollout = Rollout.zeros(cfg.num_steps, cfg.envs, envs.single_observation_space.shape)
+        self.reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
+        if self.starts is not None:
+            self.starts.apply(envs)
+        next_obs, _ = envs.reset(seed=run.episode_seed())
+        self.next_obs, self.next_done = torch.from_numpy(next_obs), torch.zeros(cfg.envs)
+        # One torch thread while the emulators run: after each batched inference, idle OpenMP threads
+        # spin on the cores the emulator processes need (docs/performance.md). The update, with the
+        # emulators idle, uses every thread.
+        self.update_threads = torch.get_num_threads()
+
+    def annealed_lr(self, step: int) -> float:
+        return self.cfg.lr * max(0.0, 1.0 - step / self.cfg.steps)
+
+    def updates(self) -> Iterator[int]:
+        """Collect a rollout, update on it, log; one yield per update."""
+        cfg = self.cfg
+        while self.step < cfg.steps:
+            if cfg.anneal_lr:
+                self.optimizer.param_groups[0]["lr"] = self.annealed_lr(self.step)
+            torch.set_num_threads(1)
+            if self.collect():  # every part is idle now, as a call to the envs needs (priorities: new clear rates)
+                self.starts.apply(self.envs)
+            with torch.no_grad():
+                next_value = self.agent(self.next_obs.to(self.dev), bf16=self.bf16)[1].cpu()
+            torch.set_num_threads(self.update_threads)
+            self.log(self.update(next_value))
+            yield self.step
+
+    def collect(self) -> bool:
+        """Fill the rollout: `num_steps` steps of every env. Returns whether the demonstration starts should move."""
+        cfg, r, agent = self.cfg, self.rollout, self.agent
+        move_starts = False
+        # Step t of each part: collect its step t-1 (sent a part ago: it ran while the learner
+        # worked on the other parts), pick its actions, send them, go on to the next part.
+        for t in range(cfg.num_steps + 1):
+            for p, part in enumerate(self.env_parts):
+                if t > 0:
+                    obs, reward, terminated, truncated, info = self.receive(p)
+                    r.rewards[t - 1, part] = torch.from_numpy(np.asarray(reward, np.float32)) * cfg.reward_scale
+                    self.next_obs[part] = torch.from_numpy(obs)
+                    # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
+                    self.next_done[part] = torch.from_numpy((terminated | truncated).astype(np.float32))
+                    if cfg.bootstrap_truncated and (truncated & ~terminated).any():
+                        final = (
+                            np.stack([o if o is not None else obs[i] for i, o in enumerate(info["final_obs"])])
+                            if "final_obs" in info
+                            else obs
+                        )
+                        with torch.no_grad():
+                            v = agent(torch.from_numpy(final).to(self.dev), bf16=self.bf16)[1].float().cpu()
+                        r.rewards[t - 1, part] += truncation_bonus(terminated, truncated, v, cfg.gamma)
+                    self.step += len(obs)
+                    move_starts |= self.record_episodes(info)
+                if t == cfg.num_steps:
+                    continue
+                r.obs[t, part], r.dones[t, part] = self.next_obs[part], self.next_done[part]
+                with torch.no_grad():
+                    logits, value = agent(self.next_obs[part].to(self.dev), bf16=self.bf16)
+                    logp = logits.log_softmax(1).cpu()
+                    value = value.cpu()
+                    action = torch.multinomial(logp.exp(), 1)[:, 0]
+                r.actions[t, part], r.values[t, part] = action, value
+                r.logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
+                self.send(p, action.numpy())
+        return move_starts
+
+    def record_episodes(self, info: dict) -> bool:
+        """Log the episodes that just ended; returns whether the demonstration starts should move."""
+        move_starts = False
+        for _, ep in finished_episodes(info):
+            start, flag = int(ep["start"]), int(ep["flag"])
+            values = {"return": round(float(ep["r"]), 3), "length": int(ep["l"]), "x": int(ep["x"])}
+            self.run.log_episode(self.step, **values, flag=flag, start=start)
+            if start == 0:
+                self.reset_flags.append(flag)
+            if self.starts is not None:
+                move_starts |= self.starts.record(start, bool(ep["flag"]))
+        return move_starts
+
+    def update(self, next_value: torch.Tensor) -> dict:
+        """GAE over the rollout, then `update_epochs` epochs of minibatch steps; returns the losses."""
+        cfg, r, dev = self.cfg, self.rollout, self.dev
+        advantages, returns = gae(r.rewards, r.values, r.dones, next_value, self.next_done, cfg.gamma, cfg.gae_lambda)
+        # Channels-last once per update rather than once per micro-batch and epoch: indexing a
+        # channels-last tensor keeps its layout. With slices for micro-batches, the profile's
+        # index and copy time in an update fell from about 12% to 6%.
+        b_obs = r.obs.reshape(-1, *r.obs.shape[2:]).to(dev).contiguous(memory_format=torch.channels_last)
+        b_actions, b_logprobs = r.actions.reshape(-1).to(dev), r.logprobs.reshape(-1).to(dev)
+        b_adv, b_ret, b_val = (t.reshape(-1).to(dev) for t in (advantages, returns, r.values))
+        clipfracs = []
+        for _ in range(cfg.update_epochs):
+            for mb in torch.randperm(self.batch_size, device=dev).split(self.batch_size // cfg.num_minibatches):
+                adv = b_adv[mb]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
+                self.optimizer.zero_grad(set_to_none=True)
+                parts = minibatch_backward(
+                    self.agent, cfg, b_obs[mb], b_actions[mb], b_logprobs[mb], b_val[mb], b_ret[mb], adv, bf16=self.bf16
+                )
+                nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                clipfracs.append(parts[3].item())
+        pg_loss, v_loss, entropy = parts[:3]
+        return {
+            "policy_loss": pg_loss.item(),
+            "value_loss": v_loss.item(),
+            "entropy": entropy.item(),
+            "clipfrac": float(np.mean(clipfracs)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def log(self, stats: dict) -> None:
+        run, step = self.run, self.step
+        run.log_scalars(step, "losses", **stats)
+        run.log_scalars(step, "charts", SPS=run.progress.sps)
+        demo_status = {}
+        if self.starts is not None:
+            flags = self.reset_flags
+            demo_status = {"start": self.starts.status(), "clears from reset": f"{sum(flags)}/{len(flags)}"}
+            if self.starts.curriculum is not None:
+                run.log_scalars(step, "charts", demo_start_frame=self.starts.curriculum.start_frame)
+        run.tick(step, episodes=run.episode, loss=stats["value_loss"], entropy=stats["entropy"], **demo_status)
+
+    def status(self) -> dict:
+        """What `train`'s after_update sees."""
+        return {
+            "reset_flags": list(self.reset_flags),
+            "demo_done": self.starts is None or self.starts.done,
+            "save_policy": lambda: self.save_policy(self.step),
+        }
+
+    # --- checkpoints, policies (training.Learner) ---
+
+    def state(self) -> tuple[dict, dict]:
+        tensors = prefixed("agent", self.agent.state_dict()) | torch_rng_tensors()
+        optim = optimizer_state(self.optimizer, tensors, bf16_moments=True)
+        return tensors, {"optim": optim, "curriculum": self.starts.state() if self.starts is not None else None}
+
+    def load(self, tensors: dict, state: dict) -> None:
+        self.agent.load_state_dict(unprefixed("agent", tensors))
+        load_optimizer(self.optimizer, state["optim"], tensors)
+        set_torch_rng(tensors)
+        if self.starts is not None:
+            self.starts.load(state["curriculum"])
+        print(f"resumed {self.run.dir} at step {self.step:,} (episode {self.run.episode})", flush=True)
+        if self.cfg.anneal_lr:
+            # The decay's end is --steps, so a new total moves the learning rate at once. Said aloud
+            # because it matters: 1-2 resumed at 3.45M steps with 6M instead of 4M went from 3.4e-5
+            # to 1.1e-4; its clears from a real reset were 0.30, 0.33 and 0.41 per 100k steps from 3.5M
+            # to 3.8M, against 0.40, 0.40 and 0.49 for the same blocks at 4.9e-5 (one run each).
+            was, now = self.optimizer.param_groups[0]["lr"], self.annealed_lr(self.step)
+            print(f"learning rate {was:.2e} -> {now:.2e} (linear to 0 at --steps {self.cfg.steps:,})", flush=True)
+
+    def save_policy(self, step: int) -> Path:
+        # It acts as it trained, drawing from its distribution: the clear rates seen in training are
+        # those of the sampling policy, and an argmax of a still-broad distribution can stall.
+        save_policy(
+            self.run.policy_path,
+            self.agent,
+            algorithm="ppo",
+            network="ActorCritic",
+            network_kwargs=self.net_kwargs,
+            preprocessing=self.pre,
+            stage=self.cfg.stage,
+            steps=step,
+            extra={"act": "sample"},
+        )
+        return self.run.policy_path
+
+    @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> int:
+        return int(self.agent(torch.from_numpy(np.asarray(obs))[None].to(self.dev))[0].argmax(1).item())
+
+    def close(self) -> None:
+        torch.set_num_threads(self.update_threads)
+        self.envs.close()
+
+
 def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | None = None) -> Run:
     """Train PPO on one stage; resumable; returns the finished Run.
 
@@ -296,269 +458,6 @@ def train(cfg: PPOConfig, after_update: Callable[[int, dict], bool | None] | Non
     run = Run(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
-    pre = Preprocessing(cfg.actions)
-    dev = learner_device(cfg.device)
-    bf16 = use_bf16(cfg.precision, dev)
-    demo, curriculum, window, priorities = None, None, None, None
-    if cfg.demo is not None:
-        from mario_rl.curriculum import BackwardCurriculum, StartPriorities
-        from mario_rl.demonstration import demo_starts, load_demo, save_demo
-
-        # The run keeps its own copy, so that --resume does not depend on the original file.
-        copy = run.dir / "demo.json"
-        demo = load_demo(copy if copy.exists() else Path(cfg.demo))
-        if demo["stage"] != cfg.stage:
-            raise UserError(f"{cfg.demo} is a demonstration of {demo['stage']}, not {cfg.stage}")
-        save_demo(copy, demo)
-        starts = demo_starts(len(demo["frames"]))
-        if cfg.demo_order == "backward":
-            curriculum = BackwardCurriculum(starts, back=cfg.demo_back, success=cfg.demo_success)
-        else:
-            window = (0, starts - 1, 0.0)  # every start state, for the whole run
-            if cfg.demo_order == "prioritized":
-                priorities = StartPriorities(starts)
-                if run.resumed_state is not None:
-                    from mario_rl.plots import read_episodes
-
-                    # The clear rates behind the weights come back from episodes.csv rather than the checkpoint.
-                    past = read_episodes(run.dir / "episodes.csv", extra=("flag", "start"))
-                    for start, flag in zip(past.get("start", ()), past.get("flag", ())):
-                        if start == start:  # not NaN: rows from before starts were recorded have none
-                            priorities.record(int(start), flag > 0)
-    envs = make_vec_env(
-        cfg.stage,
-        cfg.envs,
-        cfg.actions,
-        sticky=cfg.sticky,
-        noop_max=cfg.noop_max,
-        demo=demo,
-        parts=cfg.env_parts or (2 if cfg.envs % 2 == 0 and cfg.envs >= 4 else 1),
-    )
-    # Each part of the envs is stepped asynchronously (make_vec_env's parts); a plain vector env is one part.
-    env_parts = getattr(envs, "parts", (slice(0, cfg.envs),))
-    send = getattr(envs, "step_part_async", lambda p, a: envs.step_async(a))
-    receive = getattr(envs, "step_part_wait", lambda p: envs.step_wait())
-    n_actions = int(envs.single_action_space.n)
-    net_kwargs = {"in_channels": pre.frame_stack, "n_actions": n_actions, "frame_size": pre.frame_size}
-    agent = ActorCritic(**net_kwargs).to(dev)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-    batch_size = cfg.envs * cfg.num_steps
-    minibatch = batch_size // cfg.num_minibatches
-    step, episode = 0, 0
-
-    def annealed_lr(step: int) -> float:
-        return cfg.lr * max(0.0, 1.0 - step / cfg.steps)
-
-    print(
-        f"learner on {dev}, convolutions in {'bfloat16' if bf16 else 'float32'} (--precision {cfg.precision})",
-        flush=True,
-    )
-    if run.resumed_state is None and cfg.init_policy is not None:
-        warm_start(agent, Path(cfg.init_policy), cfg.actions)
-    if run.resumed_state is None and demo is not None and cfg.bc_epochs:
-        from mario_rl.bc import clone, demo_dataset
-
-        t0 = time.perf_counter()
-        data = demo_dataset(
-            demo,
-            cfg.actions,
-            sticky=cfg.sticky,
-            passes=cfg.bc_passes,
-            gamma=cfg.gamma,
-            reward_scale=cfg.reward_scale,
-            seed=cfg.seed,
-        )
-        t1 = time.perf_counter()
-        for epoch, h in enumerate(clone(agent, data, epochs=cfg.bc_epochs, lr=cfg.lr, seed=cfg.seed), 1):
-            run.log_scalars(epoch, "bc", **h)
-        print(
-            f"behaviour cloning: {len(data.actions):,} samples in {t1 - t0:.0f} s, {cfg.bc_epochs} epochs in "
-            f"{time.perf_counter() - t1:.0f} s; accuracy {h['accuracy']:.2f}, value loss {h['value_loss']:.3f}",
-            flush=True,
-        )
-    if run.resumed_state is not None:
-        tensors, state = run.resumed_state
-        agent.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("agent.")})
-        optimizer.load_state_dict(unflatten_state(state["optim"], tensors))
-        set_torch_rng(tensors)
-        step, episode = state["step"], state["episode"]
-        if curriculum is not None and "curriculum" in state:
-            curriculum.lo, curriculum.done = state["curriculum"]["lo"], state["curriculum"]["done"]
-        print(f"resumed {run.dir} at step {step:,} (episode {episode})", flush=True)
-        if cfg.anneal_lr:
-            # The decay's end is --steps, so a new total moves the learning rate at once. Said aloud
-            # because it matters: 1-2 resumed at 3.45M steps with 6M instead of 4M went from 3.4e-5
-            # to 1.1e-4; its clears from a real reset were 0.30, 0.33 and 0.41 per 100k steps from 3.5M
-            # to 3.8M, against 0.40, 0.40 and 0.49 for the same blocks at 4.9e-5 (one run each).
-            was, now = optimizer.param_groups[0]["lr"], annealed_lr(step)
-            print(f"learning rate {was:.2e} -> {now:.2e} (linear to 0 at --steps {cfg.steps:,})", flush=True)
-
-    def save(step: int) -> None:
-        tensors = {f"agent.{k}": v for k, v in agent.state_dict().items()} | torch_rng_tensors()
-        optim = flatten_state("optim", half_moments(optimizer.state_dict()), tensors)
-        extra = {"curriculum": {"lo": curriculum.lo, "done": curriculum.done}} if curriculum is not None else {}
-        run.save_checkpoint(step, tensors, {"optim": optim, "episode": episode, **extra})
-        save_current_policy(step)
-        run.record_video(greedy, step)
-
-    def save_current_policy(step: int) -> Path:
-        # It acts as it trained, drawing from its distribution: the clear rates seen in training are
-        # those of the sampling policy, and an argmax of a still-broad distribution can stall.
-        save_policy(
-            run.policy_path,
-            agent,
-            algorithm="ppo",
-            network="ActorCritic",
-            network_kwargs=net_kwargs,
-            preprocessing=pre,
-            stage=cfg.stage,
-            steps=step,
-            extra={"act": "sample"},
-        )
-        return run.policy_path
-
-    @torch.no_grad()
-    def greedy(obs: np.ndarray) -> int:
-        return int(agent(torch.from_numpy(np.asarray(obs))[None].to(dev))[0].argmax(1).item())
-
-    obs_buf = torch.zeros((cfg.num_steps, cfg.envs, *envs.single_observation_space.shape), dtype=torch.uint8)
-    actions = torch.zeros((cfg.num_steps, cfg.envs), dtype=torch.long)
-    logprobs, rewards, dones, values = (torch.zeros((cfg.num_steps, cfg.envs)) for _ in range(4))
-    reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
-
-    def set_demo_window() -> None:
-        start = window if curriculum is None else (*curriculum.window(), cfg.demo_behind)
-        weights = None if priorities is None else priorities.weights()
-        envs.call("set_demo_window", *start, retry=cfg.demo_retry, weights=weights)
-
-    if demo is not None:
-        set_demo_window()
-    next_obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + episode)
-    next_obs = torch.from_numpy(next_obs)
-    next_done = torch.zeros(cfg.envs)
-    start_step, t_loop = step, time.perf_counter()
-    # One torch thread while the emulators run: after each batched inference, idle OpenMP threads
-    # spin on the cores the emulator processes need (docs/performance.md). The update, with the
-    # emulators idle, uses every thread.
-    update_threads = torch.get_num_threads()
-    stats = {}
-    try:
-        while step < cfg.steps:
-            if cfg.anneal_lr:
-                optimizer.param_groups[0]["lr"] = annealed_lr(step)
-            torch.set_num_threads(1)
-            move_window = False
-            # Step t of each part: collect its step t-1 (sent a part ago: it ran while the learner
-            # worked on the other parts), pick its actions, send them, go on to the next part.
-            for t in range(cfg.num_steps + 1):
-                for p, part in enumerate(env_parts):
-                    if t > 0:
-                        obs, reward, terminated, truncated, info = receive(p)
-                        rewards[t - 1, part] = torch.from_numpy(np.asarray(reward, np.float32)) * cfg.reward_scale
-                        next_obs[part] = torch.from_numpy(obs)
-                        # Truncation (the game clock) is rare here; treating it as an end keeps GAE simple.
-                        next_done[part] = torch.from_numpy((terminated | truncated).astype(np.float32))
-                        if cfg.bootstrap_truncated and (truncated & ~terminated).any():
-                            final = (
-                                np.stack([o if o is not None else obs[i] for i, o in enumerate(info["final_obs"])])
-                                if "final_obs" in info
-                                else obs
-                            )
-                            with torch.no_grad():
-                                v = agent(torch.from_numpy(final).to(dev), bf16=bf16)[1].float().cpu()
-                            rewards[t - 1, part] += truncation_bonus(terminated, truncated, v, cfg.gamma)
-                        step += len(obs)
-                        for _, ep in finished_episodes(info):
-                            episode += 1
-                            run.log_episode(
-                                step,
-                                episode=episode,
-                                **{"return": round(float(ep["r"]), 3)},
-                                length=int(ep["l"]),
-                                x=int(ep["x"]),
-                                flag=int(ep["flag"]),
-                                start=int(ep["start"]),
-                            )
-                            if int(ep["start"]) == 0:
-                                reset_flags.append(int(ep["flag"]))
-                            if curriculum is not None:
-                                move_window |= curriculum.record(int(ep["start"]), bool(ep["flag"]))
-                            if priorities is not None:
-                                move_window |= priorities.record(int(ep["start"]), bool(ep["flag"]))
-                    if t == cfg.num_steps:
-                        continue
-                    obs_buf[t, part], dones[t, part] = next_obs[part], next_done[part]
-                    with torch.no_grad():
-                        logits, value = agent(next_obs[part].to(dev), bf16=bf16)
-                        logp = logits.log_softmax(1).cpu()
-                        value = value.cpu()
-                        action = torch.multinomial(logp.exp(), 1)[:, 0]
-                    actions[t, part], values[t, part] = action, value
-                    logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
-                    send(p, action.numpy())
-            if move_window:  # every part is idle now, as a call to the envs needs (priorities: new clear rates)
-                set_demo_window()
-            with torch.no_grad():
-                next_value = agent(next_obs.to(dev), bf16=bf16)[1].cpu()
-            torch.set_num_threads(update_threads)
-            advantages, returns = gae(rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda)
-
-            # Channels-last once per update rather than once per micro-batch and epoch: indexing a
-            # channels-last tensor keeps its layout. With slices for micro-batches, the profile's
-            # index and copy time in an update fell from about 12% to 6%.
-            b_obs = obs_buf.reshape(-1, *obs_buf.shape[2:]).to(dev).contiguous(memory_format=torch.channels_last)
-            b_actions, b_logprobs = actions.reshape(-1).to(dev), logprobs.reshape(-1).to(dev)
-            b_adv, b_ret, b_val = (t.reshape(-1).to(dev) for t in (advantages, returns, values))
-            clipfracs = []
-            for _ in range(cfg.update_epochs):
-                for mb in torch.randperm(batch_size, device=dev).split(minibatch):
-                    adv = b_adv[mb]
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
-                    optimizer.zero_grad(set_to_none=True)
-                    parts = minibatch_backward(
-                        agent, cfg, b_obs[mb], b_actions[mb], b_logprobs[mb], b_val[mb], b_ret[mb], adv, bf16=bf16
-                    )
-                    nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    clipfracs.append(parts[3].item())
-            pg_loss, v_loss, entropy = parts[:3]
-            stats = {
-                "policy_loss": pg_loss.item(),
-                "value_loss": v_loss.item(),
-                "entropy": entropy.item(),
-                "clipfrac": float(np.mean(clipfracs)),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            run.log_scalars(step, "losses", **stats)
-            run.log_scalars(step, "charts", SPS=run.progress.sps)
-            demo_status = {}
-            if demo is not None:
-                start = (
-                    {"uniform": "anywhere"}.get(cfg.demo_order, cfg.demo_order)
-                    if curriculum is None
-                    else "reset"
-                    if curriculum.done
-                    else f"frame {curriculum.start_frame}"
-                )
-                demo_status = {"start": start, "clears from reset": f"{sum(reset_flags)}/{len(reset_flags)}"}
-            if curriculum is not None:
-                run.log_scalars(step, "charts", demo_start_frame=curriculum.start_frame)
-            run.tick(step, episodes=episode, loss=stats["value_loss"], entropy=stats["entropy"], **demo_status)
-            if after_update is not None:
-                status = {
-                    "reset_flags": list(reset_flags),
-                    "demo_done": curriculum is None or curriculum.done,
-                    "save_policy": lambda: save_current_policy(step),
-                }
-                if after_update(step, status):
-                    break
-            if step // cfg.checkpoint_every > (step - batch_size) // cfg.checkpoint_every and step < cfg.steps:
-                save(step)
-        run.finish(step, start_step, t_loop, save)
-    finally:
-        torch.set_num_threads(update_threads)
-        envs.close()
-        run.close()
+    ppo = PPO(cfg, run)
+    run.loop(ppo, stop=None if after_update is None else lambda step: after_update(step, ppo.status()))
     return run
