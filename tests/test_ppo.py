@@ -6,6 +6,7 @@ import torch
 
 from mario_rl import make_vec_env
 from mario_rl.agents.ppo import PPOConfig, gae, minibatch_backward, ppo_loss, truncation_bonus
+from mario_rl.demonstration import DEMO_STRIDE, demo_starts
 from mario_rl.envs import finished_episodes
 from mario_rl.errors import UserError
 from mario_rl.nets import ActorCritic
@@ -261,3 +262,109 @@ def test_tiny_ppo_training_through_the_cli(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["ent_coef"] == 0.02
     # The last update ran at step 192 of 256; the new total, 320, puts step 256 at 1 - 256/320 of 2.5e-4.
     assert "learning rate 6.25e-05 -> 5.00e-05" in resumed.stdout
+
+
+RIGHT = 0x80  # the controller byte for "right"
+
+
+@pytest.mark.slow
+def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
+    demo = tmp_path / "demo.json"
+    demo.write_text(json.dumps({"stage": "1-1", "seed": 0, "frames": [RIGHT] * 120}))
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--actions",
+        "complex",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        128,
+        "--checkpoint-every",
+        64,
+        "--video-steps",
+        0,
+        "--sticky",
+        0.25,
+        "--run-dir",
+        run_dir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "start frame" in proc.stdout or "start reset" in proc.stdout
+    assert json.loads((run_dir / "demo.json").read_text())["frames"] == [RIGHT] * 120
+    from mario_rl.storage import load_tensors
+
+    _, state = load_tensors(run_dir / "checkpoint.safetensors", "checkpoint")
+    assert 0 <= state["curriculum"]["lo"] < demo_starts(120)
+    import csv
+
+    with open(run_dir / "episodes.csv", newline="") as f:
+        assert f.readline().strip().endswith(",time,start")
+        f.seek(0)
+        rows = list(csv.DictReader(f))
+    assert all(int(r["start"]) == -1 or int(r["start"]) % DEMO_STRIDE == 0 for r in rows)
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-retry", 1.5, "--run-dir", tmp_path / "rb")
+    assert bad.returncode == 2 and "--demo-retry" in bad.stderr
+    uniform = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--demo-order",
+        "uniform",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        64,
+        "--video-steps",
+        0,
+        "--run-dir",
+        tmp_path / "ru",
+    )
+    assert uniform.returncode == 0, uniform.stderr
+    assert "start anywhere" in uniform.stdout
+    _, state = load_tensors(tmp_path / "ru" / "checkpoint.safetensors", "checkpoint")
+    assert "curriculum" not in state
+    # Prioritized starts, resumed: the clear rates behind the weights are read back from episodes.csv.
+    prio = run_cli(
+        "train",
+        "1-1",
+        "--algo",
+        "ppo",
+        "--demo",
+        demo,
+        "--demo-order",
+        "prioritized",
+        "--envs",
+        2,
+        "--num-steps",
+        32,
+        "--steps",
+        64,
+        "--video-steps",
+        0,
+        "--run-dir",
+        tmp_path / "rp",
+    )
+    assert prio.returncode == 0 and "start prioritized" in prio.stdout, prio.stderr
+    again = run_cli(
+        "train", "1-1", "--algo", "ppo", "--run-dir", tmp_path / "rp", "--resume", "--steps", 128, "--video-steps", 0
+    )
+    assert again.returncode == 0 and "start prioritized" in again.stdout, again.stderr
+    bad_order = run_cli(
+        "train", "1-1", "--algo", "ppo", "--demo", demo, "--demo-order", "random", "--run-dir", tmp_path / "rx"
+    )
+    assert bad_order.returncode == 2 and "--demo-order must be one of" in bad_order.stderr
+    wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
+    assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr

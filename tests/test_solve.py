@@ -1,6 +1,6 @@
 """solve's phases around a stand-in for PPO, the search and the evaluations (no emulator, under a second):
 the run's settings, when checks happen and on which seeds, a confirmed pass, the campaign's `stop`, the final
-evaluation. The real pipeline runs in tests/test_explore.py (test_solve_resumes_from_a_demonstration...)."""
+evaluation. The real pipeline runs at the end of this file (test_solve_resumes_from_a_demonstration...)."""
 
 import json
 from types import SimpleNamespace
@@ -12,6 +12,8 @@ import mario_rl.demonstration as demonstration_mod
 import mario_rl.evaluate as evaluate_mod
 import mario_rl.policy as policy_mod
 from mario_rl.solve import SolveConfig, solve
+
+from conftest import run_cli
 
 
 def status(step: int, demo_done: bool = True, clears: int = 12) -> tuple[int, dict]:
@@ -98,3 +100,91 @@ def test_stop_ends_training_without_a_final_evaluation(fakes):
     assert [c["seed"] for c in result["checks"]] == [101_000]  # the check at step 100 happened before the stop
     assert result["timings"]["stopped_at_step"] == 200 and "total_s" not in result["timings"]
     assert not (out / "eval.json").exists() and not (out / "policy.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
+    """solve with a demonstration already in its folder: no search, a tiny PPO run, the evaluation files."""
+    import shutil
+    from pathlib import Path
+
+    out = tmp_path / "sol"
+    (out / "explore").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "1-1-demo.json", out / "explore" / "demo.json")
+    proc = run_cli(
+        "solve",
+        "1-1",
+        "--out",
+        out,
+        "--steps",
+        128,
+        "--envs",
+        2,
+        "--checkpoint-every",
+        64,
+        "--eval-episodes",
+        1,
+        "--gamma",
+        0.99,
+        "--reward-scale",
+        0.01,
+    )
+    assert "using the demonstration" in proc.stdout, proc.stderr
+    # 128 steps of PPO do not clear 1-1: exit code 1, and the files say so.
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads((out / "eval.json").read_text())
+    assert result["episodes"] == 1 and result["seeds"] == [1000] and result["passed"] is False
+    assert (out / "policy.safetensors").exists() and (out / "eval.mp4").exists()
+    assert (out / "run" / "checkpoint.safetensors").exists()
+    saved = json.loads((out / "run" / "config.json").read_text())
+    assert (saved["gamma"], saved["reward_scale"]) == (0.99, 0.01)
+    assert result["temperature"] == 0.25  # solve's default, written into the policy file it evaluated
+    from mario_rl.policy import load_policy
+
+    assert load_policy(out / "policy.safetensors").temperature == 0.25
+    bad = run_cli("solve", "1-1", "--out", out, "--check-from", 21)
+    assert bad.returncode == 2 and "--check-from" in bad.stderr
+    bad = run_cli("solve", "1-1", "--out", tmp_path / "g", "--gamma", 1.5)  # refused before any search
+    assert bad.returncode == 2 and "--gamma must be in (0, 1]" in bad.stderr and not (tmp_path / "g").exists()
+    fresh = run_cli("solve", "1-1", "--out", tmp_path / "none", "--resume-set", "demo_retry=0.5")
+    assert fresh.returncode == 2 and "holds none" in fresh.stderr and not (tmp_path / "none").exists()
+    bad = run_cli("solve", "1-1", "--out", tmp_path / "m", "--minutes", 0)
+    assert bad.returncode == 2 and "--minutes must be positive" in bad.stderr and not (tmp_path / "m").exists()
+    # A wall-clock limit: training stops after the first update past it, then the final evaluation runs.
+    timed = tmp_path / "timed"
+    shutil.copytree(out / "explore", timed / "explore")
+    proc = run_cli(
+        "solve", "1-1", "--out", timed, "--steps", 100_000, "--envs", 2, "--eval-episodes", 1, "--minutes", 0.01
+    )
+    assert proc.returncode == 1 and "--minutes 0.01 reached at step 256" in proc.stdout, proc.stderr
+    result = json.loads((timed / "eval.json").read_text())
+    assert result["timings"]["stopped_at_step"] == 256 and result["episodes"] == 1
+
+
+def test_a_check_passes_only_when_its_confirmation_passes_too():
+    """solve stops training on two passing 20-episode sets in a row, on seeds no other set used."""
+    from mario_rl.evaluate import CLEAR_RATE
+    from mario_rl.solve import run_check
+
+    played = []
+
+    def play(clears_by_seed):
+        return lambda seed: (
+            played.append(seed)
+            or {
+                "clears": clears_by_seed[seed],
+                "episodes": 20,
+                "cleared_stage": clears_by_seed[seed] / 20 >= CLEAR_RATE,
+            }
+        )
+
+    assert run_check(play({500: 19, 520: 18}), 7, 500, confirm=True, echo=lambda _: None)[0]
+    passed, records = run_check(play({500: 19, 520: 15}), 7, 500, confirm=True, echo=lambda _: None)
+    assert not passed and [r["clears"] for r in records] == [19, 15] and records[1]["seed"] == 520
+    passed, records = run_check(play({500: 17}), 7, 500, confirm=True, echo=lambda _: None)
+    assert not passed and len(records) == 1  # a failed check is not repeated
+    assert run_check(play({500: 18}), 7, 500, confirm=False, echo=lambda _: None) == (
+        True,
+        [{"step": 7, "seed": 500, "clears": 18, "episodes": 20}],
+    )
+    assert played == [500, 520, 500, 520, 500, 500]
