@@ -41,3 +41,28 @@ def test_state_file_and_a_spent_search(tmp_path):
     (folder / "state.json").write_text("{broken")
     with pytest.raises(UserError, match="unreadable campaign state"):
         read_state(folder)
+
+
+def test_a_longer_search_that_finds_the_flag_supersedes_the_shorter_ones_furthest_path(tmp_path, monkeypatch):
+    """The search is a stand-in here; the path it returns is 1-1's real demonstration, replayed to the flag."""
+    import json
+    from types import SimpleNamespace
+
+    import mario_rl.explore as explore_mod
+    from mario_rl.campaign_stage import ensure_demo
+    from mario_rl.demonstration import load_demo
+
+    cfg = tiny_campaign(tmp_path, explore_minutes=8.0)
+    reg.save_registry(cfg.registry, reg.new_registry())
+    demo = load_demo(cfg.demos / "1-1.json")
+    (cfg.demos / "1-1.json").rename(cfg.demos / "1-1-furthest.json")  # what a shorter search left
+    folder = cfg.root / "1-1"
+    folder.mkdir(parents=True)
+    write_state(folder, {"phase": "no demo", "seconds": 0.0, "attempt": 0, "explore_minutes": 3.0})
+    found = SimpleNamespace(solved=True, seconds=5.0, best_x=3161, demo=lambda: demo)
+    monkeypatch.setattr(explore_mod, "run_explore", lambda *a, **k: found)
+    assert ensure_demo("1-1", cfg, folder, echo=lambda line: None)["frames"] == demo["frames"]
+    assert (cfg.demos / "1-1.json").exists() and not (cfg.demos / "1-1-furthest.json").exists()
+    assert read_state(folder) == {"phase": "explored", "seconds": 0.0, "attempt": 0, "explore_minutes": 8.0}
+    entry = json.loads(cfg.registry.read_text())["stages"]["1-1"]
+    assert entry["demo_flag"] and entry["status"] == "explored" and entry["stage_x"] > 3000

@@ -159,6 +159,11 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
         return None
     demo = result.demo()
     save_demo(shared, demo)
+    # An earlier, shorter search's furthest path and "no demo" are superseded by the flag.
+    (cfg.demos / f"{stage}-furthest.json").unlink(missing_ok=True)
+    state = read_state(folder)
+    if state["phase"] in ("new", "no demo"):
+        write_state(folder, state | {"phase": "explored", "explore_minutes": minutes})
     x = _demo_end_x(demo)
     reg_mod.update_stage(
         stage,
