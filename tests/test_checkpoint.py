@@ -27,7 +27,8 @@ def _name(path: Path) -> str:
 
 def test_committed_checkpoints_are_found():
     names = {_name(p) for p in COMMITTED}
-    assert {"checkpoints/1-1-ppo", "checkpoints/1-1-solve/run", "campaign/1-3/run"} <= names
+    # campaign/W-S/run checkpoints come and go with the campaign (a cleared stage keeps only its policy).
+    assert {"checkpoints/1-1-ppo", "checkpoints/1-1-solve/run", "checkpoints/4-4-solve/run"} <= names
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_name)
@@ -182,3 +183,21 @@ def test_resumed_ddqn_run_equals_the_uninterrupted_one(tmp_path):
     drop = ("config", "mario_rl_version")
     assert {k: v for k, v in state_a.items() if k not in drop} == {k: v for k, v in state_b.items() if k not in drop}
     assert json.loads((tmp_path / "split" / "config.json").read_text())["steps"] == n
+
+
+@pytest.mark.slow
+def test_a_run_saved_on_a_gpu_resumes_on_this_machines_device(tmp_path):
+    """The device belongs to the machine: a checkpoint whose config says cuda resumes on --device cpu (the
+    campaign's 1-3 run, trained on a lent GPU, stopped here with '--device cuda: PyTorch sees no GPU')."""
+    from mario_rl.agents.ppo import PPOConfig, train
+
+    run_dir = tmp_path / "run"
+    base = {"envs": 2, "num_steps": 16, "video_steps": 0, "plot_every": 1e9, "run_dir": run_dir}
+    train(PPOConfig(steps=32, **base))
+    path = run_dir / "checkpoint.safetensors"
+    tensors, state = load_tensors(path, "checkpoint")
+    state["config"]["device"] = "cuda"
+    save_tensors(path, tensors, state)
+    train(PPOConfig(steps=64, resume=True, device="cpu", run_dir=run_dir))
+    _, state = load_checkpoint(path)
+    assert state["step"] == 64 and state["config"]["device"] == "cpu"

@@ -159,11 +159,6 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
         return None
     demo = result.demo()
     save_demo(shared, demo)
-    # An earlier, shorter search's furthest path and "no demo" are superseded by the flag.
-    (cfg.demos / f"{stage}-furthest.json").unlink(missing_ok=True)
-    state = read_state(folder)
-    if state["phase"] in ("new", "no demo"):
-        write_state(folder, state | {"phase": "explored", "explore_minutes": minutes})
     x = _demo_end_x(demo)
     reg_mod.update_stage(
         stage,
@@ -174,6 +169,13 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
         stage_x=x,
         note=f"demonstration found in {result.seconds:.0f} s of search ({len(demo['frames']):,} frames)",
     )
+    # An earlier, shorter search's furthest path and "no demo" are superseded by the flag (after the
+    # registry stops naming that file).
+    (cfg.demos / f"{stage}-furthest.json").unlink(missing_ok=True)
+    state = read_state(folder)
+    if state["phase"] in ("new", "no demo"):
+        state.pop("best_x", None)
+        write_state(folder, state | {"phase": "explored", "explore_minutes": minutes})
     echo(f"{stage}: demonstration of {len(demo['frames']):,} frames after {result.seconds:.0f} s of search")
     return demo
 
@@ -205,6 +207,7 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
 
     folder.mkdir(parents=True, exist_ok=True)
     demo = ensure_demo(stage, cfg, folder, echo)
+    state.update({k: v for k, v in read_state(folder).items() if k != "seconds"})  # what the search recorded
     if demo is None:
         save_state(phase="no demo")
         return "no demo"

@@ -10,7 +10,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from mario_rl import registry as reg_mod
 from mario_rl.demonstration import demo_state
 from mario_rl.envs import level_x, make_base_env
 from mario_rl.errors import UserError
@@ -136,14 +135,14 @@ def summarize(results: list[dict], policy: dict | None = None, **context) -> dic
     }
 
 
-def eval_all(
-    registry_path: Path = reg_mod.DEFAULT_PATH, episodes: int = 20, seed: int | None = None, echo=print
-) -> list[str]:
+def eval_all(registry_path: Path | None = None, episodes: int = 20, seed: int | None = None, echo=print) -> list[str]:
     """`mario-rl eval --all`: every stage with a policy in the registry, on fresh seeds; the registry gets
     each result. A stage whose policy file is missing or changed is reported and left as it is; the rest go
-    on. Returns the problems."""
+    on. Returns the problems (registry_path None: the repository's models/index.json)."""
+    from mario_rl import registry as reg_mod  # here: the registry brings torch, which episodes do not need
     from mario_rl.policy import load_policy
 
+    registry_path = reg_mod.DEFAULT_PATH if registry_path is None else registry_path
     registry = reg_mod.load_registry(registry_path)
     if seed is None:
         seed = 1_000_000_000 + int(time.time()) % 100_000_000  # fresh in practice; printed and recorded

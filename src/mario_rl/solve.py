@@ -87,6 +87,9 @@ class SolveConfig:
     what fits, since the learning rate decays to 0 at --steps"""
     eval_video: bool = True
     """record the final evaluation as eval.mp4 (and eval.gif)"""
+    device: str = "cpu"
+    """where PPO's learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); a resumed run takes it
+    from this flag too, since it belongs to the machine"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
@@ -160,7 +163,7 @@ def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool
         resume_set=cfg.resume_set,
         checkpoint_every=cfg.checkpoint_every,
         **(
-            {"video_steps": 1500}
+            {"video_steps": 1500, "device": cfg.device}
             | {k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None}
             | (ppo_overrides or {})
         ),

@@ -54,7 +54,7 @@ class TrainConfig:
     """continue the run in --run-dir from its last checkpoint"""
     resume_set: tuple[str, ...] = ()
     """on --resume, settings that change from the saved run's, as KEY=VALUE (e.g. demo_retry=0.5 lr=1e-4);
-    every other setting stays as saved, whatever its flag says"""
+    every other setting stays as saved, whatever its flag says (except --steps and --device)"""
     seed: int = 1
     """seed for the networks, exploration, replay sampling and the first episode"""
     actions: str = "right"
