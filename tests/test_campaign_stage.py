@@ -66,3 +66,46 @@ def test_a_longer_search_that_finds_the_flag_supersedes_the_shorter_ones_furthes
     assert read_state(folder) == {"phase": "explored", "seconds": 0.0, "attempt": 0, "explore_minutes": 8.0}
     entry = json.loads(cfg.registry.read_text())["stages"]["1-1"]
     assert entry["demo_flag"] and entry["status"] == "explored" and entry["stage_x"] > 3000
+
+
+def test_a_longer_search_goes_on_from_the_shorter_ones_furthest_path(tmp_path, monkeypatch):
+    """A 3-minute search found no flag; --explore-minutes 8 searches 5 more minutes from its furthest path,
+    and the state counts 8 minutes in all, so that a rerun does not search again. --explore-only trains
+    nothing. The search is a stand-in; the furthest path is a real one (1-1's first 600 frames)."""
+    import json
+    from types import SimpleNamespace
+
+    import mario_rl.explore as explore_mod
+    from mario_rl.campaign import run_campaign
+    from mario_rl.campaign_stage import ensure_demo
+    from mario_rl.demonstration import load_demo, save_demo
+
+    cfg = tiny_campaign(tmp_path, explore_minutes=8.0, stages=("1-3",), explore_only=True)
+    reg.save_registry(cfg.registry, reg.new_registry())
+    short = load_demo(cfg.demos / "1-1.json") | {"stage": "1-3"}
+    short["frames"] = short["frames"][:600]
+    save_demo(cfg.demos / "1-3-furthest.json", short)
+    folder = cfg.root / "1-3"
+    folder.mkdir(parents=True)
+    write_state(folder, {"phase": "no demo", "seconds": 0.0, "attempt": 0, "explore_minutes": 3.0, "best_x": 900})
+    calls = []
+
+    def search(explore_cfg, *args, **kwargs):
+        calls.append(explore_cfg)
+        return SimpleNamespace(solved=False, seconds=300.0, best_x=1000, demo=lambda: short)
+
+    monkeypatch.setattr(explore_mod, "run_explore", search)
+    assert run_campaign(cfg, echo=lambda line: None) == {"1-3": "no demo"}
+    assert len(calls) == 1 and calls[0].start == cfg.demos / "1-3-furthest.json" and calls[0].minutes == 5.0
+    assert read_state(folder)["explore_minutes"] == 8.0 and read_state(folder)["best_x"] == 1000
+    assert skip_search("1-3", cfg) and not (folder / "run").exists()
+    entry = json.loads(cfg.registry.read_text())["stages"]["1-3"]
+    assert "8 minutes" in entry["note"] and not entry["demo_flag"]
+    # A path from another reset is no place to go on from: that search starts afresh, with all its minutes.
+    write_state(folder, read_state(folder) | {"explore_minutes": 3.0})
+    save_demo(cfg.demos / "1-3-furthest.json", short | {"seed": 7})
+    ensure_demo("1-3", cfg, folder, echo=lambda line: None)
+    assert calls[-1].start is None and calls[-1].minutes == 8.0
+    # With a demonstration, --explore-only stops before training.
+    assert run_campaign(tiny_campaign(tmp_path, explore_only=True), echo=lambda line: None) == {"1-1": "explored"}
+    assert not (cfg.root / "1-1" / "run").exists()

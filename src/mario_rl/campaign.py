@@ -105,7 +105,10 @@ class CampaignConfig:
     actions: str = "complex"
     """action set of the search and the policies (complex has down for pipes and up for vines)"""
     explore_minutes: float = 30.0
-    """wall-clock limit of a stage's search for a demonstration"""
+    """wall-clock limit of a stage's search for a demonstration (a longer limit goes on from a shorter search's
+    furthest path)"""
+    explore_only: bool = False
+    """search for the demonstrations the queue lacks, then stop: train nothing"""
     final_episodes: int = 100
     """protocol episodes of a stage's final evaluation, on seeds no check used"""
     from_scratch: bool = False

@@ -90,6 +90,21 @@ def _demo_end_x(demo: dict) -> int:
     return int(replay(demo)["x"])
 
 
+def _earlier_search(stage: str, cfg: CampaignConfig, folder: Path, furthest: Path) -> tuple[Path | None, float]:
+    """A shorter search that found no flag: its furthest path (where a longer search starts, so that its
+    minutes are not spent again) and its minutes. (None, 0.0) when there is none to go on from."""
+    from mario_rl.demonstration import load_demo
+
+    state = read_state(folder)
+    spent = float(state.get("explore_minutes", 0.0))
+    if state["phase"] != "no demo" or not 0 < spent < cfg.explore_minutes or not furthest.exists():
+        return None, 0.0
+    demo = load_demo(furthest)
+    if demo["stage"] != stage or int(demo["seed"]) != cfg.seed:
+        return None, 0.0  # a path from another reset is no place to go on from
+    return furthest, spent
+
+
 def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: float | None = None) -> dict | None:
     """The stage's demonstration in folder/explore/demo.json: the one there, else demos/<stage>.json, else a
     new search (written to demos/ too when it reaches the flag). None when no search found the flag."""
@@ -129,16 +144,21 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
             )
             return demo
         echo(f"{stage}: {shared} does not replay to the flag; searching anew")
-    minutes = cfg.explore_minutes if minutes is None else min(minutes, cfg.explore_minutes)
-    echo(f"{stage}: exploring for up to {minutes:.3g} minutes")
+    furthest = cfg.demos / f"{stage}-furthest.json"
+    start, spent = _earlier_search(stage, cfg, folder, furthest)
+    minutes = cfg.explore_minutes - spent if minutes is None else min(minutes, cfg.explore_minutes - spent)
+    echo(
+        f"{stage}: exploring for up to {minutes:.3g} minutes"
+        + (f", from the furthest path of {spent:.3g} minutes of search earlier" if start else "")
+    )
     result = run_explore(
-        ExploreConfig(stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed),
+        ExploreConfig(stage, minutes=minutes, actions=cfg.actions, seed=cfg.seed, start=start),
         folder / "explore",
         video=False,
         echo=lambda line: None,
     )
+    minutes += spent  # the search's minutes in all, so that --explore-minutes counts them once
     if not result.solved:
-        furthest = cfg.demos / f"{stage}-furthest.json"
         write_state(
             folder, read_state(folder) | {"phase": "no demo", "best_x": result.best_x, "explore_minutes": minutes}
         )
@@ -182,7 +202,8 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
 
 def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, echo=print) -> str:
     """Work on one stage until it passes, its step budget is spent, or `deadline` (time.time()) passes.
-    Returns what happened: "skipped", "cleared", "not cleared", "no demo" or "stopped"."""
+    Returns what happened: "skipped", "cleared", "not cleared", "no demo", "explored" (--explore-only) or
+    "stopped"."""
     from mario_rl.solve import SolveConfig, SolveFailed, solve
 
     registry = reg_mod.load_registry(cfg.registry)
@@ -211,6 +232,8 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
     if demo is None:
         save_state(phase="no demo")
         return "no demo"
+    if cfg.explore_only:
+        return "explored"
     run_dir = folder / "run"
     resuming = (run_dir / "checkpoint.safetensors").exists()
     # No checkpoint videos: they cost CPU, and the final evaluation records one.
