@@ -193,6 +193,55 @@ def test_grouped_vector_env_matches_one_process_per_env():
         make_vec_env("1-1", 4, per_process=2, parts=4)
 
 
+def test_entropy_decay_and_the_kl_early_stop():
+    """--ent-coef-final by hand; --target-kl ends an update after the first epoch whose approximate KL to the
+    rollout's policy is over it (a real update on a random rollout whose log-probabilities are the agent's)."""
+    from types import SimpleNamespace
+
+    from mario_rl.agents.ppo import PPO
+    from mario_rl.agents.ppo_setup import Rollout
+
+    cfg = PPOConfig(steps=1000, ent_coef=0.01, ent_coef_final=0.0001)
+    assert PPO.ent_coef(SimpleNamespace(cfg=cfg), 0) == 0.01
+    assert PPO.ent_coef(SimpleNamespace(cfg=cfg), 500) == pytest.approx(0.00505)
+    assert PPO.ent_coef(SimpleNamespace(cfg=cfg), 2000) == pytest.approx(0.0001)  # past --steps: the final value
+    assert PPO.ent_coef(SimpleNamespace(cfg=PPOConfig(ent_coef=0.03)), 10**9) == 0.03
+    for bad in ({"target_kl": 0.0}, {"ent_coef_final": -1.0}):
+        with pytest.raises(UserError, match="--target-kl|--ent-coef"):
+            PPOConfig(**bad).validate()
+
+    def update(target_kl):
+        torch.manual_seed(0)
+        cfg = PPOConfig(envs=2, num_steps=8, num_minibatches=2, update_epochs=4, target_kl=target_kl, lr=1e-3)
+        agent = ActorCritic()
+        r = Rollout.zeros(8, 2, (4, 84, 84))
+        r.obs.random_(0, 256)
+        with torch.no_grad():
+            logits, values = agent(r.obs.reshape(16, 4, 84, 84))
+            r.actions.copy_(torch.distributions.Categorical(logits=logits).sample().reshape(8, 2))
+            r.logprobs.copy_(logits.log_softmax(1).gather(1, r.actions.reshape(16, 1))[:, 0].reshape(8, 2))
+            r.values.copy_(values.reshape(8, 2))
+        r.rewards.normal_()
+        learner = SimpleNamespace(
+            cfg=cfg,
+            rollout=r,
+            dev=torch.device("cpu"),
+            agent=agent,
+            bf16=False,
+            batch_size=16,
+            step=0,
+            next_done=torch.zeros(2),
+            optimizer=torch.optim.Adam(agent.parameters(), lr=cfg.lr),
+        )
+        learner.ent_coef = lambda step: PPO.ent_coef(learner, step)
+        return PPO.update(learner, torch.zeros(2))
+
+    every = update(None)
+    assert every["epochs"] == 4 and every["approx_kl"] > 0
+    stopped = update(1e-9)
+    assert stopped["epochs"] == 1 and stopped["approx_kl"] > 1e-9
+
+
 def test_ppo_config_checks():
     with pytest.raises(UserError, match="divisible"):
         PPOConfig(envs=3, num_steps=5, num_minibatches=4).validate()

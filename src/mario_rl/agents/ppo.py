@@ -68,6 +68,11 @@ class PPOConfig(TrainConfig):
     """clip the value loss too"""
     ent_coef: float = 0.01
     """entropy bonus coefficient"""
+    ent_coef_final: float | None = None
+    """None: --ent-coef throughout; else the coefficient decays linearly from --ent-coef to this at --steps"""
+    target_kl: float | None = None
+    """None: every epoch runs; else an update stops after the epoch whose mean approximate KL to the
+    rollout's policy exceeds this"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
@@ -119,6 +124,10 @@ class PPOConfig(TrainConfig):
             raise UserError("--envs x --num-steps must be divisible by --num-minibatches")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.ent_coef < 0 or (self.ent_coef_final is not None and self.ent_coef_final < 0):
+            raise UserError("--ent-coef and --ent-coef-final must be at least 0")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise UserError(f"--target-kl must be positive, got {self.target_kl}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or self.reward_scale <= 0:
             raise UserError("--gamma must be in (0, 1], --gae-lambda in [0, 1] and --reward-scale positive")
         if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
@@ -196,15 +205,18 @@ def minibatch_backward(
     returns: torch.Tensor,
     adv: torch.Tensor,
     bf16: bool = False,
+    ent_coef: float | None = None,
 ) -> torch.Tensor:
-    """Backpropagate one minibatch's PPO loss; return its [policy loss, value loss, entropy, clip fraction].
+    """Backpropagate one minibatch's PPO loss; return its [policy loss, value loss, entropy, clip fraction,
+    approximate KL]. `ent_coef` (None: cfg.ent_coef) is the entropy coefficient of this update.
 
     The gradient is summed over micro-batches of `cfg.micro_batch` samples, each
     weighted by its share of the minibatch: the same gradient as one pass (a test
     checks it), but convolutions on a CPU run about 30% faster per sample in chunks
     of 64-128 than in one pass of 512, because the chunks stay in cache.
     """
-    parts = torch.zeros(4, device=obs.device)
+    parts = torch.zeros(5, device=obs.device)
+    ent_coef = cfg.ent_coef if ent_coef is None else ent_coef
     micro = cfg.micro_batch if obs.device.type == "cpu" else len(obs)
     for lo in range(0, len(obs), micro):
         n = min(micro, len(obs) - lo)
@@ -225,10 +237,12 @@ def minibatch_backward(
             v_loss = 0.5 * ((value - returns[chunk]) ** 2).mean()
         entropy = -(logp.exp() * logp).sum(1).mean()
         share = n / len(obs)  # micro-batch means, weighted into the minibatch's mean
-        (share * (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss)).backward()
+        (share * (pg_loss - ent_coef * entropy + cfg.vf_coef * v_loss)).backward()
         with torch.no_grad():
-            clipfrac = ((logprob - old_logprob[chunk]).exp().sub(1).abs() > cfg.clip_coef).float().mean()
-            parts += share * torch.stack([pg_loss, v_loss, entropy, clipfrac])
+            log_ratio = logprob - old_logprob[chunk]
+            clipfrac = (log_ratio.exp().sub(1).abs() > cfg.clip_coef).float().mean()
+            approx_kl = (log_ratio.exp() - 1 - log_ratio).mean()  # Schulman's unbiased, always >= 0 estimator
+            parts += share * torch.stack([pg_loss, v_loss, entropy, clipfrac, approx_kl])
     return parts
 
 
@@ -280,6 +294,13 @@ class PPO:
 
     def annealed_lr(self, step: int) -> float:
         return self.cfg.lr * max(0.0, 1.0 - step / self.cfg.steps)
+
+    def ent_coef(self, step: int) -> float:
+        """The entropy coefficient at `step`: --ent-coef, decaying linearly to --ent-coef-final at --steps."""
+        cfg = self.cfg
+        if cfg.ent_coef_final is None:
+            return cfg.ent_coef
+        return cfg.ent_coef + (cfg.ent_coef_final - cfg.ent_coef) * min(1.0, step / cfg.steps)
 
     def updates(self) -> Iterator[int]:
         """Collect a rollout, update on it, log; one yield per update."""
@@ -357,24 +378,40 @@ class PPO:
         b_obs = r.obs.reshape(-1, *r.obs.shape[2:]).to(dev).contiguous(memory_format=torch.channels_last)
         b_actions, b_logprobs = r.actions.reshape(-1).to(dev), r.logprobs.reshape(-1).to(dev)
         b_adv, b_ret, b_val = (t.reshape(-1).to(dev) for t in (advantages, returns, r.values))
-        clipfracs = []
-        for _ in range(cfg.update_epochs):
+        clipfracs, kls, ent_coef = [], [], self.ent_coef(self.step)
+        for epoch in range(cfg.update_epochs):
             for mb in torch.randperm(self.batch_size, device=dev).split(self.batch_size // cfg.num_minibatches):
                 adv = b_adv[mb]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = minibatch_backward(
-                    self.agent, cfg, b_obs[mb], b_actions[mb], b_logprobs[mb], b_val[mb], b_ret[mb], adv, bf16=self.bf16
+                    self.agent,
+                    cfg,
+                    b_obs[mb],
+                    b_actions[mb],
+                    b_logprobs[mb],
+                    b_val[mb],
+                    b_ret[mb],
+                    adv,
+                    bf16=self.bf16,
+                    ent_coef=ent_coef,
                 )
                 nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 clipfracs.append(parts[3].item())
+                kls.append(parts[4].item())
+            # CleanRL's early stop, after whole epochs: every sample of the rollout is used equally often.
+            if cfg.target_kl is not None and np.mean(kls[-cfg.num_minibatches :]) > cfg.target_kl:
+                break
         pg_loss, v_loss, entropy = parts[:3]
         return {
             "policy_loss": pg_loss.item(),
             "value_loss": v_loss.item(),
             "entropy": entropy.item(),
             "clipfrac": float(np.mean(clipfracs)),
+            "approx_kl": float(np.mean(kls[-cfg.num_minibatches :])),
+            "epochs": epoch + 1,
+            "ent_coef": ent_coef,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
