@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mario_rl.bc import clone, demo_dataset
+from mario_rl.bc import SIL_VALUE_COEF, clone, demo_dataset, sil_loss
 from mario_rl.demonstration import demo_labels, load_demo
 from mario_rl.envs import action_bytes
 from mario_rl.errors import UserError
@@ -87,6 +87,10 @@ def test_ppo_clones_before_its_first_update(tmp_path):
         2,
         "--bc-passes",
         1,
+        "--sil-coef",
+        0.5,
+        "--sil-updates",
+        2,
         "--actions",
         "complex",
         "--envs",
@@ -102,8 +106,36 @@ def test_ppo_clones_before_its_first_update(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "behaviour cloning:" in proc.stdout and "2 epochs" in proc.stdout
-    assert json.loads((run / "config.json").read_text())["bc_epochs"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["bc_epochs"] == 2 and config["sil_coef"] == 0.5
+    tb = b"".join(f.read_bytes() for f in (run / "tb").rglob("*") if f.is_file())
+    assert b"losses/sil_loss" in tb and b"losses/sil_active" in tb  # the update imitated
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--sil-coef", 0.1, "--run-dir", tmp_path / "nodemo")
+    assert bad.returncode == 2 and "--sil-coef imitates a demonstration" in bad.stderr
     bad = run_cli("train", "1-1", "--algo", "ppo", "--bc-epochs", 2, "--run-dir", tmp_path / "nodemo")
     assert bad.returncode == 2 and "--bc-epochs clones a demonstration" in bad.stderr
     bad = run_cli("train", "1-1", "--algo", "ppo", "--demo", demo, "--bc-epochs", -1, "--run-dir", tmp_path / "neg")
     assert bad.returncode == 2 and "--bc-epochs" in bad.stderr
+
+
+def test_self_imitation_by_hand():
+    """Two samples: one whose return beats the value (it pulls), one below it (no gradient at all)."""
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.zeros(2, 3))
+            self.value = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+
+        def forward(self, obs, bf16=False):
+            return self.logits, self.value
+
+    agent = Fixed()
+    loss, active = sil_loss(agent, torch.zeros(2, 1), torch.tensor([0, 2]), torch.tensor([3.0, 1.0]))
+    # Sample 0: gap 2, log pi = log(1/3); sample 1: gap 0. Means over the two samples.
+    expected = -(torch.log(torch.tensor(1 / 3)) * 2) / 2 + SIL_VALUE_COEF * 0.5 * 4 / 2
+    assert loss.item() == pytest.approx(expected.item()) and active.item() == 0.5
+    loss.backward()
+    assert agent.logits.grad[1].abs().sum() == 0 and agent.value.grad[1] == 0
+    assert agent.logits.grad[0, 0] < 0 < agent.logits.grad[0, 1]  # gradient descent raises action 0's logit
+    assert agent.value.grad[0] == pytest.approx(-SIL_VALUE_COEF * 2 / 2)  # and the value towards the return

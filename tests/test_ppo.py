@@ -234,6 +234,8 @@ def test_entropy_decay_and_the_kl_early_stop():
             optimizer=torch.optim.Adam(agent.parameters(), lr=cfg.lr),
         )
         learner.ent_coef = lambda step: PPO.ent_coef(learner, step)
+        learner.sil_data = None
+        learner.self_imitate = lambda: PPO.self_imitate(learner)
         return PPO.update(learner, torch.zeros(2))
 
     every = update(None)

@@ -144,3 +144,19 @@ def clone(
             {"policy_loss": float(sums[0] / n), "value_loss": float(sums[1] / n), "accuracy": float(sums[2] / n)}
         )
     return history
+
+
+SIL_VALUE_COEF = 0.01
+"""weight of the self-imitation value loss against its policy loss (Oh et al. 2018, beta)"""
+
+
+def sil_loss(agent: nn.Module, obs: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor, bf16: bool = False):
+    """Self-imitation (Oh et al. 2018) on samples whose return beats the agent's value: -log pi(a|s) (R - V)+
+    plus SIL_VALUE_COEF x (R - V)+^2 / 2, where (.)+ is max(., 0). Unlike cloning, a sample stops pulling once
+    the agent expects as much from its state as the demonstration got, so the policy is free to do better.
+    Returns the loss and the share of samples with R > V."""
+    logits, value = agent(obs, bf16=bf16)
+    gap = (returns - value).clamp(min=0)
+    logprob = logits.log_softmax(1).gather(1, actions[:, None])[:, 0]
+    loss = -(logprob * gap.detach()).mean() + SIL_VALUE_COEF * 0.5 * (gap**2).mean()
+    return loss, (gap > 0).float().mean()

@@ -23,11 +23,13 @@ from mario_rl.agents.ppo_setup import (
     DemoStarts,
     Rollout,
     behaviour_clone,
+    demo_data,
     learner_device,
     make_envs,
     use_bf16,
     warm_start,
 )
+from mario_rl.bc import sil_loss
 from mario_rl.checkpoint import load_optimizer, optimizer_state, prefixed, set_torch_rng, torch_rng_tensors, unprefixed
 from mario_rl.envs import Preprocessing, finished_episodes
 from mario_rl.errors import UserError
@@ -104,6 +106,14 @@ class PPOConfig(TrainConfig):
     only); 0: PPO from a random network"""
     bc_passes: int = 2
     """perturbed passes along the demonstration in the cloning data (mario_rl.bc.demo_dataset)"""
+    sil_coef: float = 0.0
+    """weight of self-imitation (Oh et al. 2018) of the demonstration: after each update's PPO epochs,
+    --sil-updates steps on the demonstration's samples whose return beats the value (mario_rl.bc.sil_loss);
+    0: off"""
+    sil_updates: int = 4
+    """self-imitation gradient steps per update (with --sil-coef)"""
+    sil_batch: int = 256
+    """demonstration samples per self-imitation step"""
     bootstrap_truncated: bool = True
     """a truncated episode (DemoStart's frame budget) is not a death: its last reward gets gamma x the value of
     its final observation, instead of the zero that ending the episode there would give"""
@@ -136,6 +146,10 @@ class PPOConfig(TrainConfig):
             raise UserError("--bc-epochs and --bc-passes must be at least 0")
         if self.bc_epochs and self.demo is None:
             raise UserError("--bc-epochs clones a demonstration: give one with --demo")
+        if self.sil_coef < 0 or self.sil_updates <= 0 or self.sil_batch <= 0:
+            raise UserError("--sil-coef must be at least 0, --sil-updates and --sil-batch positive")
+        if self.sil_coef and self.demo is None:
+            raise UserError("--sil-coef imitates a demonstration: give one with --demo")
         if not 0 <= self.demo_retry <= 1:
             raise UserError(f"--demo-retry must be in [0, 1], got {self.demo_retry}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -280,6 +294,8 @@ class PPO:
                 warm_start(self.agent, Path(cfg.init_policy), cfg.actions)
             if self.starts is not None and cfg.bc_epochs:
                 behaviour_clone(self.agent, self.starts.demo, cfg, run)
+        self.sil_data = demo_data(self.starts.demo, cfg) if cfg.sil_coef else None
+        self.sil_rng = torch.Generator().manual_seed(cfg.seed)
 
         self.rollout = Rollout.zeros(cfg.num_steps, cfg.envs, envs.single_observation_space.shape)
         self.reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
@@ -378,8 +394,9 @@ class PPO:
         b_obs = r.obs.reshape(-1, *r.obs.shape[2:]).to(dev).contiguous(memory_format=torch.channels_last)
         b_actions, b_logprobs = r.actions.reshape(-1).to(dev), r.logprobs.reshape(-1).to(dev)
         b_adv, b_ret, b_val = (t.reshape(-1).to(dev) for t in (advantages, returns, r.values))
-        clipfracs, kls, ent_coef = [], [], self.ent_coef(self.step)
-        for epoch in range(cfg.update_epochs):
+        clipfracs, kls, ent_coef, epochs = [], [], self.ent_coef(self.step), 0
+        while epochs < cfg.update_epochs:
+            epochs += 1
             for mb in torch.randperm(self.batch_size, device=dev).split(self.batch_size // cfg.num_minibatches):
                 adv = b_adv[mb]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalized over the whole minibatch
@@ -404,16 +421,38 @@ class PPO:
             if cfg.target_kl is not None and np.mean(kls[-cfg.num_minibatches :]) > cfg.target_kl:
                 break
         pg_loss, v_loss, entropy = parts[:3]
-        return {
+        return self.self_imitate() | {
             "policy_loss": pg_loss.item(),
             "value_loss": v_loss.item(),
             "entropy": entropy.item(),
             "clipfrac": float(np.mean(clipfracs)),
             "approx_kl": float(np.mean(kls[-cfg.num_minibatches :])),
-            "epochs": epoch + 1,
+            "epochs": epochs,
             "ent_coef": ent_coef,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+
+    def self_imitate(self) -> dict:
+        """--sil-coef: self-imitation steps on the demonstration's samples (mario_rl.bc.sil_loss)."""
+        cfg, data = self.cfg, self.sil_data
+        if data is None:
+            return {}
+        sums = torch.zeros(2)
+        for _ in range(cfg.sil_updates):
+            idx = torch.randint(len(data.actions), (min(cfg.sil_batch, len(data.actions)),), generator=self.sil_rng)
+            loss, active = sil_loss(
+                self.agent,
+                data.obs[idx].to(self.dev),
+                data.actions[idx].to(self.dev),
+                data.returns[idx].to(self.dev),
+                bf16=self.bf16,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            (cfg.sil_coef * loss).backward()
+            nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            sums += torch.stack([loss.detach().cpu(), active.cpu()])
+        return {"sil_loss": float(sums[0]) / cfg.sil_updates, "sil_active": float(sums[1]) / cfg.sil_updates}
 
     def log(self, stats: dict) -> None:
         run, step = self.run, self.step

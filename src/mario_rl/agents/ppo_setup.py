@@ -95,12 +95,12 @@ def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
     )
 
 
-def behaviour_clone(agent: nn.Module, demo: dict, cfg, run: Run) -> None:
-    """--bc-epochs: clone the demonstration into `agent` before the first PPO update (mario_rl.bc)."""
-    from mario_rl.bc import clone, demo_dataset
+def demo_data(demo: dict, cfg):
+    """The demonstration as (observation, action, return) samples under the run's settings (mario_rl.bc):
+    what --bc-epochs clones and --sil-coef imitates."""
+    from mario_rl.bc import demo_dataset
 
-    t0 = time.perf_counter()
-    data = demo_dataset(
+    return demo_dataset(
         demo,
         cfg.actions,
         sticky=cfg.sticky,
@@ -109,6 +109,14 @@ def behaviour_clone(agent: nn.Module, demo: dict, cfg, run: Run) -> None:
         reward_scale=cfg.reward_scale,
         seed=cfg.seed,
     )
+
+
+def behaviour_clone(agent: nn.Module, demo: dict, cfg, run: Run) -> None:
+    """--bc-epochs: clone the demonstration into `agent` before the first PPO update (mario_rl.bc)."""
+    from mario_rl.bc import clone
+
+    t0 = time.perf_counter()
+    data = demo_data(demo, cfg)
     t1 = time.perf_counter()
     for epoch, h in enumerate(clone(agent, data, epochs=cfg.bc_epochs, lr=cfg.lr, seed=cfg.seed), 1):
         run.log_scalars(epoch, "bc", **h)
