@@ -76,3 +76,28 @@ def test_sigkill_then_resume(tmp_path):
 def test_resume_needs_a_run(tmp_path):
     proc = run_cli("train", "1-1", "--resume", "--run-dir", tmp_path / "none")
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def test_settings_as_key_value_take_their_fields_types(tmp_path):
+    """--resume-set and solve's --ppo-set: KEY=VALUE parsed by the field's type, None where allowed."""
+    from pathlib import Path
+
+    from mario_rl.agents.ppo import PPOConfig
+    from mario_rl.errors import UserError
+    from mario_rl.training import parse_settings
+
+    items = ("target_kl=0.02", "ent_coef_final=none", "sil_updates=8", "clip_vloss=false", "init_policy=p.safetensors")
+    assert parse_settings(items, PPOConfig, ("stage",), "--x") == {
+        "target_kl": 0.02,
+        "ent_coef_final": None,
+        "sil_updates": 8,
+        "clip_vloss": False,
+        "init_policy": Path("p.safetensors"),
+    }
+    for bad, why in (("ent_coef=much", "ent_coef is float"), ("lr=none", "lr is float"), ("stage=1-2", "KEY=VALUE")):
+        with pytest.raises(UserError, match=why):
+            parse_settings((bad,), PPOConfig, ("stage",), "--x")
+    proc = run_cli("solve", "1-1", "--out", tmp_path / "s", "--ppo-set", "target_kl=much")
+    assert proc.returncode == 2 and "--ppo-set 'target_kl=much'" in proc.stderr and not (tmp_path / "s").exists()
+    proc = run_cli("solve", "1-1", "--out", tmp_path / "s", "--ppo-set", "envs=4")  # solve has its own flag
+    assert proc.returncode == 2 and "--ppo-set" in proc.stderr and not (tmp_path / "s").exists()

@@ -90,6 +90,9 @@ class SolveConfig:
     device: str = "cpu"
     """where PPO's learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); a resumed run takes it
     from this flag too, since it belongs to the machine"""
+    ppo_set: tuple[str, ...] = ()
+    """further settings of a new PPO run, as KEY=VALUE (agents.ppo.PPOConfig's fields, e.g. sil_coef=0.1);
+    a resumed run keeps its saved ones (change them with --resume-set)"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
     (e.g. demo_retry=0.5); the run's other settings stay as saved, whatever the flags above say"""
@@ -145,7 +148,10 @@ def _validate(cfg: SolveConfig) -> None:
 def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool, ppo_overrides: dict | None):
     """The PPO run's settings: PPO from the demonstration under the protocol's sticky actions and no-ops."""
     from mario_rl.agents.ppo import PPOConfig
+    from mario_rl.training import parse_settings
 
+    fixed = ("stage", "actions", "envs", "steps", "demo", "run_dir", "resume", "resume_set", "device")
+    further = parse_settings(cfg.ppo_set, PPOConfig, fixed, "--ppo-set")
     return PPOConfig(
         stage=cfg.stage,
         actions=cfg.actions,
@@ -165,6 +171,7 @@ def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool
         **(
             {"video_steps": 1500, "device": cfg.device}
             | {k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None}
+            | further
             | (ppo_overrides or {})
         ),
     )

@@ -102,29 +102,40 @@ _FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps") + _RESUME_F
 """what --resume-set may not change: what the run is, shapes its checkpoint holds, and what has its own flag"""
 
 
-def _parse_resume_set(items: tuple[str, ...], saved: dict) -> dict:
-    """--resume-set's KEY=VALUE items as {key: value}, each value of its saved setting's type."""
+def parse_settings(items: tuple[str, ...], config: type, fixed: tuple[str, ...], flag: str) -> dict:
+    """KEY=VALUE items (`flag`'s) as {key: value}: KEY a field of the dataclass `config` not in `fixed`, VALUE
+    of the field's type (none for a field that may be None)."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(config)
     changes = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in saved or key in _FIXED_ON_RESUME:
+        if not sep or key not in hints or key in fixed:
             raise UserError(
-                f"--resume-set {item!r}: expected KEY=VALUE with KEY a setting of this run other than "
-                f"{', '.join(_FIXED_ON_RESUME)}"
+                f"{flag} {item!r}: expected KEY=VALUE with KEY a setting of this run other than {', '.join(fixed)}"
             )
-        old = saved[key]
+        kinds = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else (hints[key],)
         try:
-            if isinstance(old, bool):
+            if text.lower() == "none" and type(None) in kinds:
+                value = None
+            elif bool in kinds:
                 if text.lower() not in ("true", "false"):
                     raise ValueError
                 value = text.lower() == "true"
-            elif isinstance(old, (int, float)):
-                value = float(text) if isinstance(old, float) else int(text)
+            elif int in kinds or float in kinds:
+                value = int(text) if int in kinds else float(text)
+            elif Path in kinds:
+                value = Path(text)
+            elif str in kinds:
+                value = text
             else:
-                value = None if old is None and text.lower() == "none" else text
+                raise ValueError
         except ValueError:
-            raise UserError(f"--resume-set {item!r}: {key} is {type(old).__name__}, got {text!r}") from None
+            names = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+            raise UserError(f"{flag} {item!r}: {key} is {names}, got {text!r}") from None
         changes[key] = value
     return changes
 
@@ -211,7 +222,7 @@ class Run:
         if state["algo"] != cfg.algo:
             raise UserError(f"{self.dir} is a {state['algo']} run, not {cfg.algo}")
         # The saved config wins, except the new step budget and what --resume-set names.
-        changes = _parse_resume_set(cfg.resume_set, saved)
+        changes = parse_settings(cfg.resume_set, type(cfg), _FIXED_ON_RESUME, "--resume-set")
         for key, value in saved.items():
             if key not in _RESUME_FLAGS:
                 setattr(cfg, key, value)
