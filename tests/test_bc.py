@@ -91,6 +91,10 @@ def test_ppo_clones_before_its_first_update(tmp_path):
         0.5,
         "--sil-updates",
         2,
+        "--frame-skip",
+        2,
+        "--crop-top",
+        32,
         "--actions",
         "complex",
         "--envs",
@@ -110,6 +114,15 @@ def test_ppo_clones_before_its_first_update(tmp_path):
     assert config["bc_epochs"] == 2 and config["sil_coef"] == 0.5
     tb = b"".join(f.read_bytes() for f in (run / "tb").rglob("*") if f.is_file())
     assert b"losses/sil_loss" in tb and b"losses/sil_active" in tb  # the update imitated
+    from mario_rl.envs import make_raw
+    from mario_rl.policy import load_policy
+
+    policy = load_policy(run / "policy.safetensors")  # the preprocessing travels with the policy
+    assert (policy.preprocessing.frame_skip, policy.preprocessing.crop_top) == (2, 32)
+    env = policy.wrap(make_raw("1-1"))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, 84, 84) and 0 <= policy.act(obs) < len(action_bytes("complex"))
+    env.close()
     bad = run_cli("train", "1-1", "--algo", "ppo", "--sil-coef", 0.1, "--run-dir", tmp_path / "nodemo")
     assert bad.returncode == 2 and "--sil-coef imitates a demonstration" in bad.stderr
     bad = run_cli("train", "1-1", "--algo", "ppo", "--bc-epochs", 2, "--run-dir", tmp_path / "nodemo")

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 from mario_rl import ACTION_SETS, STAGES, make_env
 from mario_rl.demonstration import DEMO_STRIDE, demo_snapshots, demo_starts
-from mario_rl.envs import DemoStart, GrayResize, env_id, make_base_env, make_raw, make_vec_env
+from mario_rl.envs import DemoStart, GrayResize, Preprocessing, env_id, make_base_env, make_raw, make_vec_env
 from mario_rl.envs.vector import _vector_worker_env
 from mario_rl.errors import UserError
 
@@ -110,6 +110,35 @@ def test_gray_resize_of_a_foreign_rgb_frame_matches_the_native_path():
     foreign = gray.observation(np.array(screen, copy=True))
     assert native.shape == foreign.shape == (84, 84)
     assert np.abs(native.astype(int) - foreign.astype(int)).max() <= 2
+
+
+def test_the_score_bar_cropped():
+    """crop_top cuts the screen's top rows before the resize, on the native and the foreign path alike; the
+    whole pipeline (a policy's Preprocessing through a vector env) keeps it."""
+    from PIL import Image
+
+    env = make_env("1-1", crop_top=32)
+    env.reset(seed=0)
+    screen = env.unwrapped.screen
+    cropped = env.env.observation(screen)
+    whole = make_env("1-1").env.observation(screen)
+    gray = np.asarray(Image.fromarray(np.array(screen)).convert("L"))
+    by_hand = np.asarray(Image.fromarray(gray[32:]).resize((84, 84), Image.BILINEAR))
+    assert np.abs(cropped.astype(int) - by_hand.astype(int)).max() <= 2
+    assert np.abs(env.env.observation(np.array(screen)).astype(int) - by_hand.astype(int)).max() <= 2
+    assert np.abs(cropped.astype(int) - whole.astype(int)).mean() > 5  # not the whole screen
+    with pytest.raises(UserError, match="crop_top"):
+        Preprocessing("simple", crop_top=240)
+    envs = make_vec_env("1-1", 2, Preprocessing("simple", frame_skip=2, crop_top=32), asynchronous=False)
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs.shape == (2, 4, 84, 84)
+        layers, env = {}, envs.envs[0]
+        while hasattr(env, "env"):
+            layers[type(env).__name__], env = env, env.env
+        assert layers["SkipFrame"].skip == 2 and layers["GrayResize"].crop_top == 32
+    finally:
+        envs.close()
 
 
 def test_sticky_probability_checked():
@@ -343,7 +372,8 @@ def test_vector_workers_also_start_by_spawn():
     from mario_rl.envs import EnvGroup
 
     demo = {"stage": "1-1", "seed": 0, "frames": [RIGHT] * 40}
-    fn = partial(_vector_worker_env, "1-1", "simple", 0.25, 30, demo, None)  # what make_vec_env hands over
+    pre = Preprocessing("simple")
+    fn = partial(_vector_worker_env, "1-1", pre, 0.25, 30, demo, None)  # what make_vec_env hands over
     envs = gym.vector.AsyncVectorEnv([partial(EnvGroup, [fn, fn])], shared_memory=True, context="spawn")
     try:
         obs, _ = envs.reset(seed=0)

@@ -22,11 +22,15 @@ PPO then trains from the cloned network as from any other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from mario_rl.envs import Preprocessing
 
 
 @dataclass
@@ -41,7 +45,7 @@ class CloneData:
 
 def demo_dataset(
     demo: dict,
-    actions: str,
+    actions: str | Preprocessing,
     *,
     sticky: float = 0.25,
     span: int = 16,
@@ -51,18 +55,19 @@ def demo_dataset(
     seed: int = 0,
 ) -> CloneData:
     """Observations along the demonstration with its actions as labels: the demonstration itself replayed
-    through the policy's preprocessing, plus `passes` perturbed stretches of `span` agent steps from each of
-    its start states (sticky actions `sticky`)."""
+    through the policy's preprocessing (`actions`: an action set's name for the default one, or a whole
+    Preprocessing), plus `passes` perturbed stretches of `span` agent steps from each of its start states
+    (sticky actions `sticky`)."""
     from mario_rl.demonstration import DEMO_STRIDE, demo_labels, demo_snapshots
-    from mario_rl.envs import Preprocessing, StartFrom, lean_game, make_base_env, make_env, wrap_preprocessing
+    from mario_rl.envs import Preprocessing, StartFrom, lean_game, make_base_env, wrap_preprocessing
 
-    pre = Preprocessing(actions)
-    labels = demo_labels(demo, actions, pre.frame_skip)
+    pre = actions if isinstance(actions, Preprocessing) else Preprocessing(actions)
+    labels = demo_labels(demo, pre.actions, pre.frame_skip)
     if DEMO_STRIDE % pre.frame_skip:
         raise ValueError("start states must fall on agent steps")
 
     # The clean replay from reset: observations, labels and the rewards that give the value targets.
-    env = lean_game(make_env(demo["stage"], actions))
+    env = lean_game(wrap_preprocessing(make_base_env(demo["stage"]), pre))
     obs, _ = env.reset(seed=demo["seed"])
     clean_obs, rewards = [], []
     for a in labels:

@@ -148,6 +148,9 @@ EPISODE_FIELDS = ["step", "episode", "return", "length", "x", "flag", "epsilon",
 class Learner(Protocol):
     """An algorithm as the shared loop drives it (agents/ddqn.py's DDQN, agents/ppo.py's PPO)."""
 
+    pre: Preprocessing
+    """what its policy sees and does"""
+
     def updates(self) -> Iterator[int]:
         """Train up to --steps, yielding the agent step after each unit of work (DDQN: a step; PPO: an update)."""
         ...
@@ -315,19 +318,19 @@ class Run:
             self.checkpoint_path, tensors, {"algo": self.cfg.algo, **counters, **state, "config": self.cfg.to_json()}
         )
         learner.save_policy(step)
-        self.record_video(learner.greedy, step)
+        self.record_video(learner.greedy, step, learner.pre)
 
-    def record_video(self, act, step: int) -> Path | None:
-        """A short video of the greedy policy on the training stage (no perturbations)."""
+    def record_video(self, act, step: int, pre: Preprocessing) -> Path | None:
+        """A short video of the greedy policy (whose preprocessing is `pre`) on the training stage, unperturbed."""
         if self.cfg.video_steps <= 0:
             return None
-        from mario_rl.envs import make_env
+        from mario_rl.envs import make_base_env, wrap_preprocessing
         from mario_rl.evaluate import run_episode
         from mario_rl.video import VideoRecorder
 
         out = self.dir / "videos" / f"step_{step:09d}.mp4"
         recorder = VideoRecorder(out)
-        env = make_env(self.cfg.stage, self.cfg.actions, frame_sink=recorder)
+        env = wrap_preprocessing(make_base_env(self.cfg.stage, frame_sink=recorder), pre)
         try:
             result = run_episode(env, act, seed=self.cfg.seed, max_steps=self.cfg.video_steps)
         finally:

@@ -48,6 +48,12 @@ class PPOConfig(TrainConfig):
     """parallel emulators (grouped into one process per core when they divide evenly)"""
     num_steps: int = 128
     """steps per env in each rollout"""
+    frame_skip: int = 4
+    """emulator frames per decision (2: twice as many decisions, for late jumps; it must divide 16, the
+    spacing of the demonstration's start states)"""
+    crop_top: int = 0
+    """rows cut off the top of the screen before resizing (32: the score bar, which changes every frame
+    and says nothing about where to go; 0: the whole screen)"""
     env_parts: int = 0
     """the envs step in this many parts, in turns, so the learner's forward pass overlaps emulation
     (0: two when --envs is even and at least 4, else one; docs/performance.md)"""
@@ -128,6 +134,9 @@ class PPOConfig(TrainConfig):
         for name in ("envs", "num_steps", "num_minibatches", "update_epochs", "micro_batch"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.frame_skip <= 0 or 16 % self.frame_skip:
+            raise UserError(f"--frame-skip must divide 16 (1, 2, 4, 8 or 16), got {self.frame_skip}")
+        Preprocessing(self.actions, frame_skip=self.frame_skip, crop_top=self.crop_top)  # checks --crop-top
         if self.env_parts < 0 or self.env_parts and self.envs % self.env_parts:
             raise UserError(f"--env-parts must divide --envs ({self.envs}), got {self.env_parts}")
         if (self.envs * self.num_steps) % self.num_minibatches:
@@ -267,11 +276,11 @@ class PPO:
         self.cfg, self.run = cfg, run
         torch.manual_seed(cfg.seed)
         torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
-        self.pre = Preprocessing(cfg.actions)
+        self.pre = Preprocessing(cfg.actions, frame_skip=cfg.frame_skip, crop_top=cfg.crop_top)
         self.dev = learner_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.dev)
         self.starts = DemoStarts(cfg, run) if cfg.demo is not None else None
-        self.envs = envs = make_envs(cfg, self.starts.demo if self.starts is not None else None)
+        self.envs = envs = make_envs(cfg, self.pre, self.starts.demo if self.starts is not None else None)
         # Each part of the envs is stepped asynchronously (make_vec_env's parts); a plain vector env is one part.
         self.env_parts = getattr(envs, "parts", (slice(0, cfg.envs),))
         self.send = getattr(envs, "step_part_async", lambda p, a: envs.step_async(a))

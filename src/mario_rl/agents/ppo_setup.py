@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mario_rl.envs import make_vec_env
+from mario_rl.envs import Preprocessing, make_vec_env
 from mario_rl.errors import UserError
 from mario_rl.training import Run
 
@@ -39,12 +39,12 @@ def use_bf16(precision: str, device: torch.device = torch.device("cpu")) -> bool
         return False
 
 
-def make_envs(cfg, demo: dict | None):
+def make_envs(cfg, pre: Preprocessing, demo: dict | None):
     """The run's vector env; with --demo its episodes can start along the demonstration (envs.DemoStart)."""
     return make_vec_env(
         cfg.stage,
         cfg.envs,
-        cfg.actions,
+        pre,
         sticky=cfg.sticky,
         noop_max=cfg.noop_max,
         demo=demo,
@@ -102,7 +102,7 @@ def demo_data(demo: dict, cfg):
 
     return demo_dataset(
         demo,
-        cfg.actions,
+        Preprocessing(cfg.actions, frame_skip=cfg.frame_skip, crop_top=cfg.crop_top),
         sticky=cfg.sticky,
         passes=cfg.bc_passes,
         gamma=cfg.gamma,

@@ -27,12 +27,16 @@ class Preprocessing:
     """observations are grayscale frames resized to frame_size x frame_size"""
     frame_stack: int = 4
     """how many of the latest frames one observation holds"""
+    crop_top: int = 0
+    """rows cut off the top of the 240-row screen before resizing (32: the score bar; 0: none)"""
 
     def __post_init__(self):
         check_action_set(self.actions)
         for name in ("frame_skip", "frame_size", "frame_stack"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.crop_top < 240:
+            raise UserError(f"crop_top must be in 0..239, got {self.crop_top}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +46,7 @@ def wrap_preprocessing(env: gym.Env, pre: Preprocessing) -> gym.Env:
     """Apply a policy's preprocessing to a base env whose actions are controller bytes."""
     env = ActionSet(env, pre.actions)
     env = SkipFrame(env, pre.frame_skip)
-    env = GrayResize(env, pre.frame_size)
+    env = GrayResize(env, pre.frame_size, pre.crop_top)
     return FrameStackObservation(env, pre.frame_stack)
 
 
@@ -84,6 +88,7 @@ def make_env(
     frame_skip: int = 4,
     frame_size: int = 84,
     frame_stack: int = 4,
+    crop_top: int = 0,
     sticky: float = 0.0,
     noop_max: int = 0,
     render_mode: str | None = None,
@@ -97,7 +102,7 @@ def make_env(
     actions index `ACTION_SETS[actions]`. `sticky` and `noop_max` are the
     evaluation protocol's perturbations, applied at the frame level underneath.
     """
-    pre = Preprocessing(actions, frame_skip, frame_size, frame_stack)
+    pre = Preprocessing(actions, frame_skip, frame_size, frame_stack, crop_top)
     base = make_base_env(
         stage,
         sticky=sticky,

@@ -7,20 +7,24 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from mario_rl.envs.make import make_env
+from mario_rl.envs.make import Preprocessing, make_base_env, wrap_preprocessing
 from mario_rl.envs.reward import lean_game
-from mario_rl.envs.stages import check_action_set, env_id
+from mario_rl.envs.stages import env_id
 from mario_rl.envs.wrappers import EpisodeStats
 from mario_rl.errors import UserError
 
 
 def _vector_worker_env(
-    stage: str, actions: str, sticky: float, noop_max: int, demo: dict | None = None, demo_states: list | None = None
+    stage: str,
+    pre: Preprocessing,
+    sticky: float,
+    noop_max: int,
+    demo: dict | None = None,
+    demo_states: list | None = None,
 ) -> gym.Env:
     # Module level, so that a worker started by any method (fork, spawn) can import it by name.
-    return EpisodeStats(
-        lean_game(make_env(stage, actions, sticky=sticky, noop_max=noop_max, demo=demo, demo_states=demo_states))
-    )
+    base = make_base_env(stage, sticky=sticky, noop_max=noop_max, demo=demo, demo_states=demo_states)
+    return EpisodeStats(lean_game(wrap_preprocessing(base, pre)))
 
 
 class EnvGroup(gym.Env):
@@ -152,7 +156,7 @@ class GroupedVectorEnv(gym.vector.VectorEnv):
 def make_vec_env(
     stage: str = "1-1",
     num_envs: int = 2,
-    actions: str = "right",
+    actions: str | Preprocessing = "right",
     *,
     sticky: float = 0.0,
     noop_max: int = 0,
@@ -161,7 +165,8 @@ def make_vec_env(
     per_process: int = 0,
     parts: int = 1,
 ) -> gym.vector.VectorEnv:
-    """`num_envs` copies of make_env in emulator processes, observations in shared memory.
+    """`num_envs` copies of make_env in emulator processes, observations in shared memory. `actions` is an
+    action set's name (the default preprocessing) or a whole Preprocessing.
 
     `per_process` envs share a process (`EnvGroup`); 0 picks one process per core when
     num_envs divides evenly, else one process per env. With `parts` > 1 the envs
@@ -176,7 +181,7 @@ def make_vec_env(
     from functools import partial
 
     env_id(stage)
-    check_action_set(actions)
+    pre = actions if isinstance(actions, Preprocessing) else Preprocessing(actions)
     if num_envs < 1:
         raise UserError(f"num_envs must be positive, got {num_envs}")
     if per_process < 0 or (per_process and num_envs % per_process):
@@ -191,7 +196,7 @@ def make_vec_env(
         from mario_rl.demonstration import demo_snapshots  # imported here: it imports this package
 
         states = demo_snapshots(None, demo)
-    fns = [partial(_vector_worker_env, stage, actions, sticky, noop_max, demo, states) for _ in range(num_envs)]
+    fns = [partial(_vector_worker_env, stage, pre, sticky, noop_max, demo, states) for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if not asynchronous:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)

@@ -180,7 +180,7 @@ class SkipFrame(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 class GrayResize(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
-    """RGB screen -> grayscale -> bilinear resize to size x size, uint8 throughout.
+    """RGB screen -> grayscale -> the top `crop_top` rows cut -> bilinear resize to size x size, uint8 throughout.
 
     Grayscale comes from nes-py's native luma copy when the observation is the
     emulator's own screen buffer (no RGB copy); any other RGB frame (an outside
@@ -189,10 +189,10 @@ class GrayResize(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     Resize, without a float tensor round trip.
     """
 
-    def __init__(self, env: gym.Env, size: int):
-        gym.utils.RecordConstructorArgs.__init__(self, size=size)
+    def __init__(self, env: gym.Env, size: int, crop_top: int = 0):
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, crop_top=crop_top)
         super().__init__(env)
-        self.size = int(size)
+        self.size, self.crop_top = int(size), int(crop_top)
         self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size), np.uint8)
         base = env.unwrapped
         self._screen = getattr(base, "screen", None)
@@ -201,10 +201,10 @@ class GrayResize(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     def observation(self, obs):
         if self._native_gray and obs is self._screen:
-            gray = Image.fromarray(self.env.unwrapped.observation("grayscale", output=self._gray))
+            gray = self.env.unwrapped.observation("grayscale", output=self._gray)[self.crop_top :]
         else:
-            gray = Image.fromarray(np.ascontiguousarray(obs)).convert("L")
-        return np.asarray(gray.resize((self.size, self.size), Image.BILINEAR))
+            gray = np.asarray(Image.fromarray(np.ascontiguousarray(obs)).convert("L"))[self.crop_top :]
+        return np.asarray(Image.fromarray(gray).resize((self.size, self.size), Image.BILINEAR))
 
 
 # --- on top: what a learner keeps ---
