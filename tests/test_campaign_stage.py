@@ -88,11 +88,12 @@ def test_a_longer_search_goes_on_from_the_shorter_ones_furthest_path(tmp_path, m
     folder = cfg.root / "1-3"
     folder.mkdir(parents=True)
     write_state(folder, {"phase": "no demo", "seconds": 0.0, "attempt": 0, "explore_minutes": 3.0, "best_x": 900})
-    calls = []
+    calls, reach = [], [1000]
 
     def search(explore_cfg, *args, **kwargs):
         calls.append(explore_cfg)
-        return SimpleNamespace(solved=False, seconds=300.0, best_x=1000, demo=lambda: short)
+        frames = bytes(short["frames"]) if reach[0] else b""
+        return SimpleNamespace(solved=False, seconds=300.0, best_x=reach[0], frames=frames, demo=lambda: short)
 
     monkeypatch.setattr(explore_mod, "run_explore", search)
     assert run_campaign(cfg, echo=lambda line: None) == {"1-3": "no demo"}
@@ -101,6 +102,12 @@ def test_a_longer_search_goes_on_from_the_shorter_ones_furthest_path(tmp_path, m
     assert skip_search("1-3", cfg) and not (folder / "run").exists()
     entry = json.loads(cfg.registry.read_text())["stages"]["1-3"]
     assert "8 minutes" in entry["note"] and not entry["demo_flag"]
+    # A search cut short before its workers reported keeps the path it went on from.
+    write_state(folder, read_state(folder) | {"explore_minutes": 7.5})
+    reach[0] = 0
+    ensure_demo("1-3", cfg, folder, echo=lambda line: None)
+    assert calls[-1].minutes == 0.5 and read_state(folder)["best_x"] == 1000
+    assert load_demo(cfg.demos / "1-3-furthest.json")["frames"] == short["frames"]
     # A path from another reset is no place to go on from: that search starts afresh, with all its minutes.
     write_state(folder, read_state(folder) | {"explore_minutes": 3.0})
     save_demo(cfg.demos / "1-3-furthest.json", short | {"seed": 7})

@@ -96,16 +96,23 @@ def _copy_run(src: Path, dst: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", COMMITTED, ids=_name)
 def test_committed_checkpoint_resumes(tmp_path, path):
-    """Each committed run resumes for one update (a rollout of --envs x --num-steps steps, fixed on resume)."""
+    """Each committed run resumes for one update (a rollout of --envs x --num-steps steps, fixed on resume).
+    Settings newer than the run take their defaults, whatever the flags say, unless --resume-set names them."""
     from mario_rl.agents.ppo import PPOConfig, train
 
     run_dir = tmp_path / "run"
     _copy_run(path.parent, run_dir)
     _, saved = load_tensors(path, "checkpoint")
     changes = ["video_steps=0", "plot_every=1e9"]  # the device is this machine's (campaign/1-3 was saved on cuda)
-    cfg = PPOConfig(run_dir=run_dir, resume=True, steps=saved["step"] + 1, resume_set=tuple(changes))
+    newer = "target_kl" not in saved["config"]  # a run from before --target-kl and --ent-coef-final
+    changes += ["target_kl=0.5"] if newer else []
+    cfg = PPOConfig(
+        run_dir=run_dir, resume=True, steps=saved["step"] + 1, resume_set=tuple(changes), ent_coef_final=0.001
+    )
     train(cfg)
     tensors, state = load_checkpoint(run_dir / "checkpoint.safetensors")
+    if newer:
+        assert state["config"]["target_kl"] == 0.5 and state["config"]["ent_coef_final"] is None
     batch = saved["config"]["envs"] * saved["config"]["num_steps"]
     assert state["step"] == saved["step"] + batch and state["format"] == CURRENT
     assert tensors["optim.state.0.exp_avg"].dtype == torch.bfloat16

@@ -117,16 +117,18 @@ def test_the_score_bar_cropped():
     whole pipeline (a policy's Preprocessing through a vector env) keeps it."""
     from PIL import Image
 
-    env = make_env("1-1", crop_top=32)
+    env, uncropped = make_env("1-1", crop_top=32), make_env("1-1")
     env.reset(seed=0)
     screen = env.unwrapped.screen
     cropped = env.env.observation(screen)
-    whole = make_env("1-1").env.observation(screen)
+    whole = uncropped.env.observation(screen)
     gray = np.asarray(Image.fromarray(np.array(screen)).convert("L"))
     by_hand = np.asarray(Image.fromarray(gray[32:]).resize((84, 84), Image.BILINEAR))
     assert np.abs(cropped.astype(int) - by_hand.astype(int)).max() <= 2
     assert np.abs(env.env.observation(np.array(screen)).astype(int) - by_hand.astype(int)).max() <= 2
     assert np.abs(cropped.astype(int) - whole.astype(int)).mean() > 5  # not the whole screen
+    env.close()
+    uncropped.close()
     with pytest.raises(UserError, match="crop_top"):
         Preprocessing("simple", crop_top=240)
     envs = make_vec_env("1-1", 2, Preprocessing("simple", frame_skip=2, crop_top=32), asynchronous=False)

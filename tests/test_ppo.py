@@ -419,3 +419,22 @@ def test_ppo_from_a_demonstration_through_the_cli(tmp_path):
     assert bad_order.returncode == 2 and "--demo-order must be one of" in bad_order.stderr
     wrong = run_cli("train", "1-2", "--algo", "ppo", "--demo", demo, "--run-dir", tmp_path / "r2", "--steps", 64)
     assert wrong.returncode == 2 and "demonstration of 1-1" in wrong.stderr
+
+
+def test_warm_start_needs_the_same_frames(tmp_path):
+    """Another action set: the torso and value head load. Other frames (crop, skip): a one-line refusal."""
+    from mario_rl.agents.ppo_setup import warm_start
+    from mario_rl.envs import Preprocessing
+
+    from conftest import tiny_policy
+
+    path = tiny_policy(tmp_path / "p.safetensors", "1-1", "simple")
+    agent = ActorCritic(n_actions=12)
+    warm_start(agent, path, Preprocessing("complex"))
+    from mario_rl.policy import load_policy
+
+    source = load_policy(path).net.state_dict()
+    assert torch.equal(agent.state_dict()["torso.0.weight"], source["torso.0.weight"])
+    for pre in (Preprocessing("complex", crop_top=32), Preprocessing("complex", frame_skip=2)):
+        with pytest.raises(UserError, match="its frames are not this run's"):
+            warm_start(ActorCritic(n_actions=12), path, pre)

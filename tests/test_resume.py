@@ -99,5 +99,7 @@ def test_settings_as_key_value_take_their_fields_types(tmp_path):
             parse_settings((bad,), PPOConfig, ("stage",), "--x")
     proc = run_cli("solve", "1-1", "--out", tmp_path / "s", "--ppo-set", "target_kl=much")
     assert proc.returncode == 2 and "--ppo-set 'target_kl=much'" in proc.stderr and not (tmp_path / "s").exists()
-    proc = run_cli("solve", "1-1", "--out", tmp_path / "s", "--ppo-set", "envs=4")  # solve has its own flag
-    assert proc.returncode == 2 and "--ppo-set" in proc.stderr and not (tmp_path / "s").exists()
+    for own in ("envs=4", "sticky=0.1", "algo=ddqn"):  # solve's own flags, and solve trains PPO
+        proc = run_cli("solve", "1-1", "--out", tmp_path / "s", "--ppo-set", own)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--ppo-set" in proc.stderr, proc.stderr
+        assert not (tmp_path / "s").exists()

@@ -159,21 +159,23 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
     )
     minutes += spent  # the search's minutes in all, so that --explore-minutes counts them once
     if not result.solved:
-        write_state(
-            folder, read_state(folder) | {"phase": "no demo", "best_x": result.best_x, "explore_minutes": minutes}
-        )
-        save_demo(furthest, result.demo())
+        best_x = result.best_x
+        prior_x = int(read_state(folder).get("best_x", -1)) if start is not None else -1
+        if start is None or (best_x > prior_x and result.frames):
+            save_demo(furthest, result.demo())
+        else:  # no further than the path it went on from (cut short before its workers reported): that stays
+            best_x = prior_x
+        write_state(folder, read_state(folder) | {"phase": "no demo", "best_x": best_x, "explore_minutes": minutes})
         reg_mod.update_stage(
             stage,
             cfg.registry,
             status="explored",
             demo=relative(furthest),
             demo_flag=False,
-            note=f"the search found no flag in {minutes:.3g} minutes; furthest x {result.best_x} "
-            f"({relative(furthest)})",
+            note=f"the search found no flag in {minutes:.3g} minutes; furthest x {best_x} ({relative(furthest)})",
         )
         echo(
-            f"{stage}: no flag in {result.seconds:.0f} s of search (best x {result.best_x}); furthest path in "
+            f"{stage}: no flag in {result.seconds:.0f} s of search (best x {best_x}); furthest path in "
             f"{relative(furthest)}"
         )
         return None

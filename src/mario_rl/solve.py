@@ -150,24 +150,13 @@ def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool
     from mario_rl.agents.ppo import PPOConfig
     from mario_rl.training import parse_settings
 
-    fixed = ("stage", "actions", "envs", "steps", "demo", "run_dir", "resume", "resume_set", "device")
-    further = parse_settings(cfg.ppo_set, PPOConfig, fixed, "--ppo-set")
+    own = {k: getattr(cfg, k) for k in ("stage", "actions", "envs", "steps", "sticky", "noop_max", "seed")}
+    own |= {k: getattr(cfg, k) for k in ("demo_order", "demo_retry", "bc_epochs", "checkpoint_every", "resume_set")}
+    own |= {"demo": demo_path, "run_dir": run_dir, "resume": resuming}
+    # Settings with a flag of solve's own are not --ppo-set's (nor is algo: solve trains PPO).
+    further = parse_settings(cfg.ppo_set, PPOConfig, (*own, "algo", "device", "gamma", "reward_scale"), "--ppo-set")
     return PPOConfig(
-        stage=cfg.stage,
-        actions=cfg.actions,
-        envs=cfg.envs,
-        steps=cfg.steps,
-        sticky=cfg.sticky,
-        noop_max=cfg.noop_max,
-        seed=cfg.seed,
-        demo=demo_path,
-        demo_order=cfg.demo_order,
-        demo_retry=cfg.demo_retry,
-        bc_epochs=cfg.bc_epochs,
-        run_dir=run_dir,
-        resume=resuming,
-        resume_set=cfg.resume_set,
-        checkpoint_every=cfg.checkpoint_every,
+        **own,
         **(
             {"video_steps": 1500, "device": cfg.device}
             | {k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None}

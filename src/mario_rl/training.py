@@ -98,8 +98,9 @@ class TrainConfig:
 _RESUME_FLAGS = ("steps", "resume", "run_dir", "resume_set", "device")
 """what a resume takes from its own flags, not from the saved config (the device belongs to the machine that
 resumes: a run saved on a GPU machine resumes on a CPU-only one)"""
-_FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps") + _RESUME_FLAGS
-"""what --resume-set may not change: what the run is, shapes its checkpoint holds, and what has its own flag"""
+_FIXED_ON_RESUME = ("stage", "algo", "actions", "envs", "num_steps", "frame_skip", "crop_top") + _RESUME_FLAGS
+"""what --resume-set may not change: what the run is (its network's inputs and outputs too), shapes its
+checkpoint holds, and what has its own flag"""
 
 
 def parse_settings(items: tuple[str, ...], config: type, fixed: tuple[str, ...], flag: str) -> dict:
@@ -224,13 +225,15 @@ class Run:
         saved = state["config"]
         if state["algo"] != cfg.algo:
             raise UserError(f"{self.dir} is a {state['algo']} run, not {cfg.algo}")
-        # The saved config wins, except the new step budget and what --resume-set names.
+        # The saved config wins, except the new step budget and what --resume-set names. A setting the saved
+        # config lacks (the run is older than the setting) takes its default, which is what the run ran with.
         changes = parse_settings(cfg.resume_set, type(cfg), _FIXED_ON_RESUME, "--resume-set")
-        for key, value in saved.items():
-            if key not in _RESUME_FLAGS:
-                setattr(cfg, key, value)
+        defaults = type(cfg)()
+        for f in dataclasses.fields(cfg):
+            if f.name not in _RESUME_FLAGS:
+                setattr(cfg, f.name, saved.get(f.name, getattr(defaults, f.name)))
         for key, value in changes.items():
-            print(f"--resume-set: {key} {saved[key]!r} -> {value!r}", flush=True)
+            print(f"--resume-set: {key} {getattr(cfg, key)!r} -> {value!r}", flush=True)
             setattr(cfg, key, value)
         cfg.validate()
         return tensors, state

@@ -136,7 +136,7 @@ class PPOConfig(TrainConfig):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.frame_skip <= 0 or 16 % self.frame_skip:
             raise UserError(f"--frame-skip must divide 16 (1, 2, 4, 8 or 16), got {self.frame_skip}")
-        Preprocessing(self.actions, frame_skip=self.frame_skip, crop_top=self.crop_top)  # checks --crop-top
+        self.preprocessing()  # checks --crop-top
         if self.env_parts < 0 or self.env_parts and self.envs % self.env_parts:
             raise UserError(f"--env-parts must divide --envs ({self.envs}), got {self.env_parts}")
         if (self.envs * self.num_steps) % self.num_minibatches:
@@ -167,6 +167,10 @@ class PPOConfig(TrainConfig):
             raise UserError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.demo_order not in DEMO_ORDERS:
             raise UserError(f"--demo-order must be one of {', '.join(DEMO_ORDERS)}, got {self.demo_order!r}")
+
+    def preprocessing(self) -> Preprocessing:
+        """What the run's policy sees and does."""
+        return Preprocessing(self.actions, frame_skip=self.frame_skip, crop_top=self.crop_top)
 
 
 DEMO_ORDERS = ("backward", "uniform", "prioritized")
@@ -276,7 +280,7 @@ class PPO:
         self.cfg, self.run = cfg, run
         torch.manual_seed(cfg.seed)
         torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow the CPU down
-        self.pre = Preprocessing(cfg.actions, frame_skip=cfg.frame_skip, crop_top=cfg.crop_top)
+        self.pre = cfg.preprocessing()
         self.dev = learner_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.dev)
         self.starts = DemoStarts(cfg, run) if cfg.demo is not None else None
@@ -296,15 +300,16 @@ class PPO:
             f"(--precision {cfg.precision})",
             flush=True,
         )
+        clone = cfg.bc_epochs > 0 and run.resumed_state is None
+        # The demonstration's samples (a replay and perturbed passes: seconds to minutes), built once for both.
+        data = demo_data(self.starts.demo, cfg) if cfg.sil_coef or clone else None
         if run.resumed_state is not None:
             self.load(*run.resumed_state)
-        else:
-            if cfg.init_policy is not None:
-                warm_start(self.agent, Path(cfg.init_policy), cfg.actions)
-            if self.starts is not None and cfg.bc_epochs:
-                behaviour_clone(self.agent, self.starts.demo, cfg, run)
-        self.sil_data = demo_data(self.starts.demo, cfg) if cfg.sil_coef else None
-        self.sil_rng = torch.Generator().manual_seed(cfg.seed)
+        elif cfg.init_policy is not None:
+            warm_start(self.agent, Path(cfg.init_policy), self.pre)
+        if clone:
+            behaviour_clone(self.agent, data, cfg, run)
+        self.sil_data = data if cfg.sil_coef else None
 
         self.rollout = Rollout.zeros(cfg.num_steps, cfg.envs, envs.single_observation_space.shape)
         self.reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
@@ -447,8 +452,9 @@ class PPO:
         if data is None:
             return {}
         sums = torch.zeros(2)
+        rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # the same draws after a resume
         for _ in range(cfg.sil_updates):
-            idx = torch.randint(len(data.actions), (min(cfg.sil_batch, len(data.actions)),), generator=self.sil_rng)
+            idx = torch.randint(len(data.actions), (min(cfg.sil_batch, len(data.actions)),), generator=rng)
             loss, active = sil_loss(
                 self.agent,
                 data.obs[idx].to(self.dev),

@@ -71,14 +71,20 @@ class Rollout:
         return cls(obs, actions, *(torch.zeros((num_steps, envs)) for _ in range(4)))
 
 
-def warm_start(agent: nn.Module, path: Path, actions: str) -> None:
-    """Load another ActorCritic policy's weights into `agent` (a new run's network). With another action set
-    the torso and value head are loaded and the policy head keeps its fresh initialization."""
+def warm_start(agent: nn.Module, path: Path, pre: Preprocessing) -> None:
+    """Load another ActorCritic policy's weights into `agent` (a new run's network, whose preprocessing is
+    `pre`). With another action set the torso and value head are loaded and the policy head keeps its fresh
+    initialization; the frames must be the same (skip, crop, size, stack)."""
     from mario_rl.policy import load_policy
 
     policy = load_policy(path)
+    actions = pre.actions
     if policy.meta.get("network") != "ActorCritic":
         raise UserError(f"--init-policy {path}: a {policy.meta.get('network')} policy cannot start an ActorCritic run")
+    theirs, ours = policy.preprocessing.to_dict(), pre.to_dict()
+    differ = [f"{k} {theirs[k]} vs {ours[k]}" for k in ours if k != "actions" and theirs[k] != ours[k]]
+    if differ:
+        raise UserError(f"--init-policy {path}: its frames are not this run's ({', '.join(differ)})")
     weights = policy.net.state_dict()
     if policy.actions != actions:
         weights = {k: v for k, v in weights.items() if not k.startswith("policy.")}
@@ -102,7 +108,7 @@ def demo_data(demo: dict, cfg):
 
     return demo_dataset(
         demo,
-        Preprocessing(cfg.actions, frame_skip=cfg.frame_skip, crop_top=cfg.crop_top),
+        cfg.preprocessing(),
         sticky=cfg.sticky,
         passes=cfg.bc_passes,
         gamma=cfg.gamma,
@@ -111,17 +117,16 @@ def demo_data(demo: dict, cfg):
     )
 
 
-def behaviour_clone(agent: nn.Module, demo: dict, cfg, run: Run) -> None:
-    """--bc-epochs: clone the demonstration into `agent` before the first PPO update (mario_rl.bc)."""
+def behaviour_clone(agent: nn.Module, data, cfg, run: Run) -> None:
+    """--bc-epochs: clone the demonstration's samples (`demo_data`) into `agent` before the first PPO update
+    (mario_rl.bc)."""
     from mario_rl.bc import clone
 
-    t0 = time.perf_counter()
-    data = demo_data(demo, cfg)
     t1 = time.perf_counter()
     for epoch, h in enumerate(clone(agent, data, epochs=cfg.bc_epochs, lr=cfg.lr, seed=cfg.seed), 1):
         run.log_scalars(epoch, "bc", **h)
     print(
-        f"behaviour cloning: {len(data.actions):,} samples in {t1 - t0:.0f} s, {cfg.bc_epochs} epochs in "
+        f"behaviour cloning: {len(data.actions):,} samples, {cfg.bc_epochs} epochs in "
         f"{time.perf_counter() - t1:.0f} s; accuracy {h['accuracy']:.2f}, value loss {h['value_loss']:.3f}",
         flush=True,
     )
