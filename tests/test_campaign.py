@@ -100,3 +100,24 @@ def test_kill_9_then_rerun_continues_the_campaign(tmp_path):
         [sys.executable, "-c", CAMPAIGN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
     )
     assert "skipped" in third.stdout  # done is done
+
+
+@pytest.mark.slow
+def test_a_new_stage_warm_starts_from_the_related_cleared_policy(tmp_path, monkeypatch):
+    """1-2's run starts from the registry's cleared 1-1 policy; its committed config names that file relative
+    to the working folder, as the run's other paths are. (Stopped by its deadline after the first update.)"""
+    from mario_rl.campaign import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_campaign(tmp_path, stages=("1-2",))
+    cfg.models.mkdir()
+    policy = tiny_policy(cfg.models / "1-1.safetensors", "1-1", "simple")
+    registry = reg.new_registry()
+    registry["stages"]["1-1"].update(
+        status="cleared", actions="simple", policy=str(policy), sha256=reg.file_sha256(policy)
+    )
+    reg.save_registry(cfg.registry, registry)
+    lines = []
+    assert run_stage("1-2", cfg, deadline=time.time(), echo=lines.append) == "stopped", lines
+    assert json.loads((cfg.root / "1-2" / "state.json").read_text())["warm_start"] == "1-1"
+    assert json.loads((cfg.root / "1-2" / "run" / "config.json").read_text())["init_policy"] == "models/1-1.safetensors"
