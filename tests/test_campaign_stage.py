@@ -108,6 +108,16 @@ def test_a_longer_search_goes_on_from_the_shorter_ones_furthest_path(tmp_path, m
     ensure_demo("1-3", cfg, folder, echo=lambda line: None)
     assert calls[-1].minutes == 0.5 and read_state(folder)["best_x"] == 1000
     assert load_demo(cfg.demos / "1-3-furthest.json")["frames"] == short["frames"]
+    # A path too slow for the game's timer is no place to go on from either (the replay's timer, stood in for).
+    import mario_rl.demonstration as demo_mod
+
+    real_replay = demo_mod.replay
+    assert 0 < real_replay(short)["time"] < 300  # 1-3's timer starts at 300 and runs down over 600 frames
+    monkeypatch.setattr(demo_mod, "replay", lambda d: real_replay(d) | {"time": 10})
+    write_state(folder, read_state(folder) | {"explore_minutes": 3.0})
+    ensure_demo("1-3", cfg, folder, echo=lambda line: None)
+    assert calls[-1].start is None and calls[-1].minutes == 8.0
+    monkeypatch.setattr(demo_mod, "replay", real_replay)
     # A path from another reset is no place to go on from: that search starts afresh, with all its minutes.
     write_state(folder, read_state(folder) | {"explore_minutes": 3.0})
     save_demo(cfg.demos / "1-3-furthest.json", short | {"seed": 7})

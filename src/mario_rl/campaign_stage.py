@@ -90,10 +90,15 @@ def _demo_end_x(demo: dict) -> int:
     return int(replay(demo)["x"])
 
 
+SLOW_PATH_TIME = 50
+"""a furthest path that ends with less than this on the game's timer (about 20 frames a unit) is too slow to
+go on from: a longer search starts afresh"""
+
+
 def _earlier_search(stage: str, cfg: CampaignConfig, folder: Path, furthest: Path) -> tuple[Path | None, float]:
     """A shorter search that found no flag: its furthest path (where a longer search starts, so that its
     minutes are not spent again) and its minutes. (None, 0.0) when there is none to go on from."""
-    from mario_rl.demonstration import load_demo
+    from mario_rl.demonstration import load_demo, replay
 
     state = read_state(folder)
     spent = float(state.get("explore_minutes", 0.0))
@@ -102,6 +107,8 @@ def _earlier_search(stage: str, cfg: CampaignConfig, folder: Path, furthest: Pat
     demo = load_demo(furthest)
     if demo["stage"] != stage or int(demo["seed"]) != cfg.seed:
         return None, 0.0  # a path from another reset is no place to go on from
+    if replay(demo)["time"] < SLOW_PATH_TIME:
+        return None, 0.0  # too slow to build on (8-1's 8-minute path ended at x 5,190 with 10 left)
     return furthest, spent
 
 

@@ -86,7 +86,8 @@ def replay(demo: dict, frame_sink=None) -> dict:
             ended = True
             break
     env.close()
-    return {"flag": flag, "x": x, "frames": played, "ended": ended, "of": len(demo["frames"])}
+    time_left = int(info["time"])  # the game's timer where the path ends
+    return {"flag": flag, "x": x, "frames": played, "ended": ended, "of": len(demo["frames"]), "time": time_left}
 
 
 def demo_labels(demo: dict, actions: str, frame_skip: int = 4) -> list[int]:
