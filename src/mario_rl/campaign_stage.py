@@ -204,7 +204,8 @@ def ensure_demo(stage: str, cfg: CampaignConfig, folder: Path, echo, minutes: fl
     state = read_state(folder)
     if state["phase"] in ("new", "no demo"):
         state.pop("best_x", None)
-        write_state(folder, state | {"phase": "explored", "explore_minutes": minutes})
+        # the minutes it took, not the limit: a search that finds the flag stops there
+        write_state(folder, state | {"phase": "explored", "explore_minutes": round(spent + result.seconds / 60, 2)})
     echo(f"{stage}: demonstration of {len(demo['frames']):,} frames after {result.seconds:.0f} s of search")
     return demo
 
