@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from mario_rl.bc import SIL_VALUE_COEF, clone, demo_dataset, sil_loss
+from mario_rl.bc import SIL_VALUE_COEF, FlagMemory, clone, demo_dataset, sil_loss
 from mario_rl.demonstration import demo_labels, load_demo
 from mario_rl.envs import action_bytes
 from mario_rl.errors import UserError
@@ -152,3 +153,49 @@ def test_self_imitation_by_hand():
     assert agent.logits.grad[1].abs().sum() == 0 and agent.value.grad[1] == 0
     assert agent.logits.grad[0, 0] < 0 < agent.logits.grad[0, 1]  # gradient descent raises action 0's logit
     assert agent.value.grad[0] == pytest.approx(-SIL_VALUE_COEF * 2 / 2)  # and the value towards the return
+
+
+def test_flag_memory_by_hand():
+    """Two envs, stacks of 2 one-pixel frames. Env 0 reaches the flag after two steps: its observations are
+    rebuilt from the first one and the newest frames, its returns are discounted by hand. Env 1 dies: nothing
+    kept. A third episode overflows the 3-sample memory, which keeps the newest samples."""
+    memory = FlagMemory(n_envs=2, capacity=3, gamma=0.5)
+    frame = lambda v: torch.full((1, 1), v, dtype=torch.uint8)  # noqa: E731
+    stack = lambda *vs: torch.stack([frame(v) for v in vs])  # noqa: E731
+    both = range(2)
+    memory.acted(both, torch.stack([stack(1, 2), stack(7, 8)]), torch.tensor([4, 5]))
+    memory.stepped(both, np.array([1.0, 1.0]), np.array([False, True]), np.array([False, False]))
+    memory.acted(both, torch.stack([stack(2, 3), stack(9, 9)]), torch.tensor([6, 0]))
+    memory.stepped(both, np.array([2.0, 0.0]), np.array([True, False]), np.array([True, False]))
+    assert (memory.size, memory.episodes) == (2, 1)
+    assert memory.obs[:2, :, 0, 0].tolist() == [[1, 2], [2, 3]] and memory.act[:2].tolist() == [4, 6]
+    assert memory.ret[:2].tolist() == [1.0 + 0.5 * 2.0, 2.0]
+    # env 1 began anew at (9, 9) after its death and acted on it above; one step more reaches the flag
+    memory.acted(range(1, 2), stack(9, 10)[None], torch.tensor([1]))
+    memory.stepped(range(1, 2), np.array([4.0]), np.array([True]), np.array([True]))
+    assert (memory.size, memory.episodes) == (3, 2)
+    # its two samples overwrote the oldest one: the ring now holds (9, 10), env 0's second sample, (9, 9)
+    assert memory.obs[:, :, 0, 0].tolist() == [[9, 10], [2, 3], [9, 9]]
+    assert memory.act.tolist() == [1, 6, 0] and memory.ret.tolist() == [4.0, 2.0, 0.5 * 4.0]
+
+
+@pytest.mark.slow
+def test_ppo_imitates_its_own_flag_episodes(tmp_path):
+    """--sil-own: starting next to the flag (the backward curriculum's first start), episodes reach it and
+    the memory keeps them for self-imitation, beside the demonstration's samples (its replay alone here:
+    --bc-passes 0 keeps the test short)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train", "1-1", "--algo", "ppo", "--demo", DEMO, "--sil-coef", 0.5, "--sil-own", "--sil-memory", 256,
+        "--sil-updates", 1, "--bc-passes", 0, "--actions", "complex", "--envs", 2, "--num-steps", 32, "--steps", 128, "--video-steps", 0,
+        "--run-dir", run,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    events = EventAccumulator(str(run / "tb")).Reload()
+    episodes = [e.value for e in events.Scalars("losses/sil_own_episodes")]
+    samples = [e.value for e in events.Scalars("losses/sil_own_samples")]
+    assert episodes[-1] >= 1 and 0 < samples[-1] <= 256
+    bad = run_cli("train", "1-1", "--algo", "ppo", "--sil-own", "--run-dir", tmp_path / "nocoef")
+    assert bad.returncode == 2 and "--sil-own is a source for self-imitation" in bad.stderr

@@ -234,7 +234,7 @@ def test_entropy_decay_and_the_kl_early_stop():
             optimizer=torch.optim.Adam(agent.parameters(), lr=cfg.lr),
         )
         learner.ent_coef = lambda step: PPO.ent_coef(learner, step)
-        learner.sil_data = None
+        learner.sil_data = learner.flag_memory = None
         learner.self_imitate = lambda: PPO.self_imitate(learner)
         return PPO.update(learner, torch.zeros(2))
 

@@ -165,3 +165,57 @@ def sil_loss(agent: nn.Module, obs: torch.Tensor, actions: torch.Tensor, returns
     logprob = logits.log_softmax(1).gather(1, actions[:, None])[:, 0]
     loss = -(logprob * gap.detach()).mean() + SIL_VALUE_COEF * 0.5 * (gap**2).mean()
     return loss, (gap > 0).float().mean()
+
+
+class FlagMemory:
+    """The agent's own episodes that reached the flag, as (observation, action, return) samples that
+    self-imitation draws from beside the demonstration's (--sil-own): the newest `capacity` samples.
+
+    A frame stack shifts by one frame each step, so each env's running episode is kept as its first
+    observation and the newest frame of each later one: a quarter of the memory of whole observations.
+    Returns are the discounted, scaled rewards to the episode's end (the flag: nothing after it)."""
+
+    def __init__(self, n_envs: int, capacity: int, gamma: float):
+        self.capacity, self.gamma = capacity, gamma
+        self.first: list[torch.Tensor | None] = [None] * n_envs
+        self.frames: list[list[torch.Tensor]] = [[] for _ in range(n_envs)]
+        self.actions: list[list[int]] = [[] for _ in range(n_envs)]
+        self.rewards: list[list[float]] = [[] for _ in range(n_envs)]
+        self.obs: torch.Tensor | None = None  # allocated at the first stored episode: its shape is known then
+        self.act = torch.zeros(capacity, dtype=torch.long)
+        self.ret = torch.zeros(capacity)
+        self.size = self.pos = self.episodes = 0
+
+    def acted(self, envs: range, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        """Envs `envs` chose `actions` (n,) on `obs` (n, stack, size, size)."""
+        for k, i in enumerate(envs):
+            if self.first[i] is None:
+                self.first[i] = obs[k].clone()
+            else:
+                self.frames[i].append(obs[k, -1].clone())
+            self.actions[i].append(int(actions[k]))
+
+    def stepped(self, envs: range, rewards: np.ndarray, ended: np.ndarray, flags: np.ndarray) -> None:
+        """Envs `envs` got their (scaled) rewards; those `ended` start anew, kept when their `flags` are set."""
+        for k, i in enumerate(envs):
+            self.rewards[i].append(float(rewards[k]))
+            if ended[k]:
+                if flags[k]:
+                    self._keep(i)
+                self.first[i], self.frames[i], self.actions[i], self.rewards[i] = None, [], [], []
+
+    def _keep(self, i: int) -> None:
+        first, n = self.first[i], len(self.actions[i])
+        seq = torch.cat([first, torch.stack(self.frames[i])]) if self.frames[i] else first
+        obs = torch.stack([seq[t : t + len(first)] for t in range(n)])
+        ret, g = torch.zeros(n), 0.0
+        for t in range(n - 1, -1, -1):
+            g = self.rewards[i][t] + self.gamma * g
+            ret[t] = g
+        if self.obs is None:
+            self.obs = torch.zeros((self.capacity, *first.shape), dtype=torch.uint8)
+        for t in range(max(0, n - self.capacity), n):  # an episode longer than the memory keeps its end
+            self.obs[self.pos], self.act[self.pos], self.ret[self.pos] = obs[t], self.actions[i][t], ret[t]
+            self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.capacity, self.size + n)
+        self.episodes += 1

@@ -29,7 +29,7 @@ from mario_rl.agents.ppo_setup import (
     use_bf16,
     warm_start,
 )
-from mario_rl.bc import sil_loss
+from mario_rl.bc import FlagMemory, sil_loss
 from mario_rl.checkpoint import load_optimizer, optimizer_state, prefixed, set_torch_rng, torch_rng_tensors, unprefixed
 from mario_rl.envs import Preprocessing, finished_episodes
 from mario_rl.errors import UserError
@@ -119,7 +119,12 @@ class PPOConfig(TrainConfig):
     sil_updates: int = 4
     """self-imitation gradient steps per update (with --sil-coef)"""
     sil_batch: int = 256
-    """demonstration samples per self-imitation step"""
+    """samples per self-imitation step"""
+    sil_own: bool = False
+    """self-imitation also draws from the agent's own episodes that reached the flag (mario_rl.bc.FlagMemory),
+    as Oh et al. do; not kept in checkpoints: a resumed run starts with an empty memory"""
+    sil_memory: int = 8192
+    """how many of the newest samples of those episodes self-imitation keeps (--sil-own; about 28 KB each)"""
     bootstrap_truncated: bool = True
     """a truncated episode (DemoStart's frame budget) is not a death: its last reward gets gamma x the value of
     its final observation, instead of the zero that ending the episode there would give"""
@@ -155,10 +160,12 @@ class PPOConfig(TrainConfig):
             raise UserError("--bc-epochs and --bc-passes must be at least 0")
         if self.bc_epochs and self.demo is None:
             raise UserError("--bc-epochs clones a demonstration: give one with --demo")
-        if self.sil_coef < 0 or self.sil_updates <= 0 or self.sil_batch <= 0:
-            raise UserError("--sil-coef must be at least 0, --sil-updates and --sil-batch positive")
-        if self.sil_coef and self.demo is None:
-            raise UserError("--sil-coef imitates a demonstration: give one with --demo")
+        if self.sil_coef < 0 or self.sil_updates <= 0 or self.sil_batch <= 0 or self.sil_memory <= 0:
+            raise UserError("--sil-coef must be at least 0, --sil-updates, --sil-batch and --sil-memory positive")
+        if self.sil_coef and self.demo is None and not self.sil_own:
+            raise UserError("--sil-coef imitates a demonstration: give one with --demo (or add --sil-own)")
+        if self.sil_own and not self.sil_coef:
+            raise UserError("--sil-own is a source for self-imitation: give --sil-coef too")
         if not 0 <= self.demo_retry <= 1:
             raise UserError(f"--demo-retry must be in [0, 1], got {self.demo_retry}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -302,7 +309,7 @@ class PPO:
         )
         clone = cfg.bc_epochs > 0 and run.resumed_state is None
         # The demonstration's samples (a replay and perturbed passes: seconds to minutes), built once for both.
-        data = demo_data(self.starts.demo, cfg) if cfg.sil_coef or clone else None
+        data = demo_data(self.starts.demo, cfg) if self.starts is not None and (cfg.sil_coef or clone) else None
         if run.resumed_state is not None:
             self.load(*run.resumed_state)
         elif cfg.init_policy is not None:
@@ -310,6 +317,7 @@ class PPO:
         if clone:
             behaviour_clone(self.agent, data, cfg, run)
         self.sil_data = data if cfg.sil_coef else None
+        self.flag_memory = FlagMemory(cfg.envs, cfg.sil_memory, cfg.gamma) if cfg.sil_own else None
 
         self.rollout = Rollout.zeros(cfg.num_steps, cfg.envs, envs.single_observation_space.shape)
         self.reset_flags = deque(maxlen=20)  # clears of the latest episodes that began at a real reset
@@ -372,6 +380,12 @@ class PPO:
                         r.rewards[t - 1, part] += truncation_bonus(terminated, truncated, v, cfg.gamma)
                     self.step += len(obs)
                     move_starts |= self.record_episodes(info)
+                    if self.flag_memory is not None:
+                        flags = np.zeros(len(obs), bool)
+                        for i, ep in finished_episodes(info):
+                            flags[i] = bool(ep["flag"])
+                        scaled = np.asarray(reward, np.float32) * cfg.reward_scale
+                        self.flag_memory.stepped(range(cfg.envs)[part], scaled, terminated | truncated, flags)
                 if t == cfg.num_steps:
                     continue
                 r.obs[t, part], r.dones[t, part] = self.next_obs[part], self.next_done[part]
@@ -382,6 +396,8 @@ class PPO:
                     action = torch.multinomial(logp.exp(), 1)[:, 0]
                 r.actions[t, part], r.values[t, part] = action, value
                 r.logprobs[t, part] = logp.gather(1, action[:, None])[:, 0]
+                if self.flag_memory is not None:
+                    self.flag_memory.acted(range(cfg.envs)[part], self.next_obs[part], action)
                 self.send(p, action.numpy())
         return move_starts
 
@@ -447,27 +463,34 @@ class PPO:
         }
 
     def self_imitate(self) -> dict:
-        """--sil-coef: self-imitation steps on the demonstration's samples (mario_rl.bc.sil_loss)."""
-        cfg, data = self.cfg, self.sil_data
-        if data is None:
+        """--sil-coef: self-imitation steps (mario_rl.bc.sil_loss) on samples drawn evenly from the
+        demonstration's and, with --sil-own, the agent's own flag episodes."""
+        cfg, data, own = self.cfg, self.sil_data, self.flag_memory
+        n_demo = 0 if data is None else len(data.actions)
+        n_own = 0 if own is None else own.size
+        if not cfg.sil_coef or n_demo + n_own == 0:
             return {}
         sums = torch.zeros(2)
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # the same draws after a resume
         for _ in range(cfg.sil_updates):
-            idx = torch.randint(len(data.actions), (min(cfg.sil_batch, len(data.actions)),), generator=rng)
+            idx = torch.randint(n_demo + n_own, (min(cfg.sil_batch, n_demo + n_own),), generator=rng)
+            d, o = idx[idx < n_demo], idx[idx >= n_demo] - n_demo
+            parts = ([(data.obs[d], data.actions[d], data.returns[d])] if len(d) else []) + (
+                [(own.obs[o], own.act[o], own.ret[o])] if len(o) else []
+            )
+            obs, actions, returns = (torch.cat(x) for x in zip(*parts))
             loss, active = sil_loss(
-                self.agent,
-                data.obs[idx].to(self.dev),
-                data.actions[idx].to(self.dev),
-                data.returns[idx].to(self.dev),
-                bf16=self.bf16,
+                self.agent, obs.to(self.dev), actions.to(self.dev), returns.to(self.dev), bf16=self.bf16
             )
             self.optimizer.zero_grad(set_to_none=True)
             (cfg.sil_coef * loss).backward()
             nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             sums += torch.stack([loss.detach().cpu(), active.cpu()])
-        return {"sil_loss": float(sums[0]) / cfg.sil_updates, "sil_active": float(sums[1]) / cfg.sil_updates}
+        stats = {"sil_loss": float(sums[0]) / cfg.sil_updates, "sil_active": float(sums[1]) / cfg.sil_updates}
+        if own is not None:
+            stats |= {"sil_own_samples": n_own, "sil_own_episodes": own.episodes}
+        return stats
 
     def log(self, stats: dict) -> None:
         run, step = self.run, self.step
