@@ -471,7 +471,8 @@ class PPO:
         if not cfg.sil_coef or n_demo + n_own == 0:
             return {}
         sums = torch.zeros(2)
-        rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)  # the same draws after a resume
+        # the same draws after a resume (of the demonstration's samples; --sil-own's memory starts empty then)
+        rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         for _ in range(cfg.sil_updates):
             idx = torch.randint(n_demo + n_own, (min(cfg.sil_batch, n_demo + n_own),), generator=rng)
             d, o = idx[idx < n_demo], idx[idx >= n_demo] - n_demo
