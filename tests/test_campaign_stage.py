@@ -127,3 +127,39 @@ def test_a_longer_search_goes_on_from_the_shorter_ones_furthest_path(tmp_path, m
     # With a demonstration, --explore-only stops before training.
     assert run_campaign(tiny_campaign(tmp_path, explore_only=True), echo=lambda line: None) == {"1-1": "explored"}
     assert not (cfg.root / "1-1" / "run").exists()
+
+
+def test_ppo_settings_reach_a_new_run_and_change_a_resumed_one(tmp_path, monkeypatch):
+    """--ppo-set: a new run gets the settings as PPO overrides; a resumed run gets the ones that change its
+    saved settings as --resume-set (crop_top=32, which it already has, is left out: resuming refuses it).
+    solve is a stand-in that stops at once."""
+    import json
+
+    import mario_rl.solve as solve_mod
+    from mario_rl.campaign_stage import run_stage
+
+    calls = []
+
+    def fake_solve(cfg, echo, stop, ppo_overrides):
+        calls.append((cfg, ppo_overrides))
+        return {"stopped": True, "step": 0}
+
+    monkeypatch.setattr(solve_mod, "solve", fake_solve)
+    items = ("sil_coef=0.1", "sil_own=true", "crop_top=32")
+    cfg = tiny_campaign(tmp_path, ppo_set=items)
+    cfg.validate()
+    reg.save_registry(cfg.registry, reg.new_registry())
+    assert run_stage("1-1", cfg, echo=lambda line: None) == "stopped"
+    solve_cfg, overrides = calls[-1]
+    assert overrides["sil_coef"] == 0.1 and overrides["sil_own"] is True and overrides["crop_top"] == 32
+    assert solve_cfg.resume_set == ()
+    run = cfg.root / "1-1" / "run"
+    run.mkdir(parents=True)
+    (run / "checkpoint.safetensors").write_bytes(b"")  # what makes it a resume
+    (run / "config.json").write_text(json.dumps({"sil_coef": 0.0, "crop_top": 32}))  # no sil_own: an older run
+    assert run_stage("1-1", cfg, echo=lambda line: None) == "stopped"
+    solve_cfg, overrides = calls[-1]
+    assert solve_cfg.resume_set == ("sil_coef=0.1", "sil_own=true") and "sil_coef" not in overrides
+    for bad in (("seed=3",), ("bogus=1",), ("sil_coef=lots",)):
+        with pytest.raises(UserError, match="--ppo-set"):
+            tiny_campaign(tmp_path, ppo_set=bad).validate()

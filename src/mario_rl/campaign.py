@@ -49,6 +49,7 @@ import tyro
 from mario_rl import registry as reg_mod
 from mario_rl.campaign_stage import (
     FINAL_SEED,
+    campaign_ppo_settings,
     default_envs,
     ensure_demo,
     read_state,
@@ -125,6 +126,9 @@ class CampaignConfig:
     """address of a running Ray cluster (None: start a local Ray instance)"""
     ray_cpus_per_stage: int = 0
     """CPUs a Ray stage task asks for (0: all of one node's, one stage per node)"""
+    ppo_set: tuple[str, ...] = ()
+    """PPO settings for every stage's run, as KEY=VALUE (agents.ppo.PPOConfig's fields, e.g. sil_coef=0.1): a
+    new run starts with them, a resumed run changes to them (what fixes its network, e.g. crop_top, cannot)"""
     train: tyro.conf.Suppress[dict] = field(default_factory=dict)
     """further SolveConfig settings for every stage (tests: tiny budgets); not a command-line option"""
 
@@ -137,6 +141,7 @@ class CampaignConfig:
             raise UserError(f"--budget-hours must be positive, got {self.budget_hours:g}")
         if self.steps <= 0 or self.envs < 0 or self.final_episodes < 1 or not self.explore_minutes > 0:
             raise UserError("--steps, --final-episodes and --explore-minutes must be positive, --envs >= 0")
+        campaign_ppo_settings(self.ppo_set)  # a bad KEY=VALUE fails now, not at a stage's training
         if self.backend not in ("local", "ray"):
             raise UserError(f"--backend must be local or ray, got {self.backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -264,7 +269,13 @@ def _ray_stage(stage: str, cfg_dict: dict, deadline: float | None) -> tuple[str,
     """One stage as a Ray task (mario_rl.distributed): the options come as a dict of plain values."""
     cfg = CampaignConfig(
         **{
-            k: (Path(v) if k in ("root", "registry", "models", "demos") else tuple(v) if k == "stages" else v)
+            k: (
+                Path(v)
+                if k in ("root", "registry", "models", "demos")
+                else tuple(v)
+                if k in ("stages", "ppo_set")
+                else v
+            )
             for k, v in cfg_dict.items()
         }
     )

@@ -56,6 +56,33 @@ def related_policy(stage: str, registry: dict, actions: str, root: Path = REPO) 
 # --- per-stage state ---
 
 
+CAMPAIGN_SETS = (
+    *("stage", "algo", "actions", "envs", "steps", "seed", "sticky", "noop_max", "demo", "run_dir", "resume"),
+    *("resume_set", "checkpoint_every", "device", "video_steps", "init_policy"),
+)
+"""PPOConfig fields that the campaign sets itself, not --ppo-set"""
+
+
+def campaign_ppo_settings(items: tuple[str, ...]) -> dict:
+    """--ppo-set's KEY=VALUE items as PPOConfig fields (UserError for a bad one)."""
+    from mario_rl.agents.ppo import PPOConfig
+    from mario_rl.training import parse_settings
+
+    return parse_settings(items, PPOConfig, CAMPAIGN_SETS, "--ppo-set")
+
+
+def _changed_settings(items: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
+    """The --ppo-set items that change the saved run's settings: the rest it already has (a run that began
+    with crop_top=32 resumes under --ppo-set crop_top=32, which --resume-set alone would refuse)."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    changed = []
+    for item in items:
+        ((key, value),) = campaign_ppo_settings((item,)).items()
+        if saved.get(key, object()) != (str(value) if isinstance(value, Path) else value):
+            changed.append(item)
+    return tuple(changed)
+
+
 def read_state(folder: Path) -> dict:
     path = folder / "state.json"
     if not path.exists():
@@ -248,7 +275,9 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
     resuming = (run_dir / "checkpoint.safetensors").exists()
     # No checkpoint videos: they cost CPU, and the final evaluation records one.
     overrides: dict = {"device": cfg.device, "video_steps": 0}
+    changes = _changed_settings(cfg.ppo_set, run_dir) if resuming else ()
     if not resuming:
+        overrides |= campaign_ppo_settings(cfg.ppo_set)
         warm = None if cfg.from_scratch else related_policy(stage, registry, cfg.actions)
         if warm is not None:
             # Relative to the working folder, as the run's other paths are: its config.json is committed.
@@ -272,6 +301,7 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
         "eval_episodes": cfg.final_episodes,
         "checkpoint_every": cfg.checkpoint_every,
         "eval_seed": FINAL_SEED + 1_000_000 * index + 1_000 * int(state.get("attempt", 0)),
+        "resume_set": changes,
     } | cfg.train
     last_save = [time.monotonic()]
 
