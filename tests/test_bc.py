@@ -189,8 +189,8 @@ def test_ppo_imitates_its_own_flag_episodes(tmp_path):
     run = tmp_path / "run"
     proc = run_cli(
         "train", "1-1", "--algo", "ppo", "--demo", DEMO, "--sil-coef", 0.5, "--sil-own", "--sil-memory", 256,
-        "--sil-updates", 1, "--bc-passes", 0, "--actions", "complex", "--envs", 2, "--num-steps", 32, "--steps", 128, "--video-steps", 0,
-        "--run-dir", run,
+        "--sil-updates", 1, "--bc-passes", 0, "--actions", "complex", "--envs", 2, "--num-steps", 32,
+        "--steps", 128, "--video-steps", 0, "--run-dir", run,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     events = EventAccumulator(str(run / "tb")).Reload()

@@ -59,3 +59,13 @@ def test_protocol_record_and_relative_paths(tmp_path):
     assert reg.relative(reg.REPO / "demos" / "1-1.json") == "demos/1-1.json"
     assert reg.relative(tmp_path / "x.json") == str((tmp_path / "x.json").resolve())  # outside: absolute
     assert reg.resolve(reg.relative(reg.REPO / "models" / "1-1.safetensors")) == reg.REPO / "models" / "1-1.safetensors"
+
+
+def test_status_table_marks_stages_whose_search_found_no_flag(tmp_path):
+    registry = reg.new_registry()
+    registry["stages"]["1-3"].update(status="explored", demo="demos/1-3.json", demo_flag=True)
+    registry["stages"]["4-2"].update(status="explored", demo="demos/4-2-furthest.json", demo_flag=False)
+    text = reg.format_status(registry, tmp_path)
+    rows = {line.split(" | ")[0].strip(): line.split(" | ")[1:] for line in text.splitlines() if " | " in line}
+    assert rows["1"][2].strip() == "explored" and rows["4"][1].strip() == "explored (no flag)"
+    assert "30 not started, 2 explored, 0 training, 0 cleared; 1 with a demonstration to the flag" in text

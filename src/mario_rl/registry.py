@@ -220,6 +220,7 @@ def status_rows(reg: dict, root: Path = REPO) -> list[dict]:
                 "rate": rate_text(e.get("protocol")),
                 "progress": e.get("progress") or 0.0,
                 "steps": e.get("agent_steps") or 0,
+                "demo_flag": bool(e.get("demo_flag")),
                 "problem": problem,
             }
         )
@@ -233,6 +234,8 @@ def format_status(reg: dict, root: Path = REPO) -> str:
     cells = {}
     for stage, r in rows.items():
         text = short[r["status"]]
+        if r["status"] == "explored" and not r["demo_flag"]:
+            text += " (no flag)"  # the search found no path to the flag: its furthest path only
         if r["rate"]:
             text += " " + r["rate"].split(" [")[0].split(" ")[0]
         if r["status"] != "cleared" and r["progress"]:
@@ -246,7 +249,8 @@ def format_status(reg: dict, root: Path = REPO) -> str:
     for w in range(1, 9):
         lines.append(f"{w:>5} | " + " | ".join(f"{cells[f'{w}-{s}']:<{width}}" for s in range(1, 5)))
     counts = {s: sum(r["status"] == s for r in rows.values()) for s in STATUSES}
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    flags = sum(r["demo_flag"] for r in rows.values())
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {flags} with a demonstration to the flag")
     for r in rows.values():
         if r["problem"]:
             lines.append(f"{r['stage']}: error: {r['problem']}")
