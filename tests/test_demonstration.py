@@ -52,7 +52,8 @@ def test_every_committed_demonstration_loads():
     assert len(COMMITTED) >= 20
     for path in COMMITTED:
         demo = load_demo(path)
-        assert demo["format"] == FORMAT and len(demo["frames"]) > 1000
+        # a furthest path can be short (6-2's ends in a bonus room after 852 frames); a path to the flag is not
+        assert demo["format"] == FORMAT and len(demo["frames"]) > (100 if "furthest" in path.name else 1000)
         assert path.name == "demo.json" or path.name.startswith(demo["stage"])
     # The shortest one that reaches the axe, replayed per docs/protocol.md.
     check = replay(load_demo(ROOT / "demos" / "3-4.json"))
