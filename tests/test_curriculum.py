@@ -50,3 +50,23 @@ def test_start_priorities_favour_stretches_cleared_only_sometimes():
     for _ in range(4):
         p.record(5 * DEMO_STRIDE, cleared=True)
     assert p.segment_rates()[1] == 0.5
+
+
+def test_backward_curriculum_moves_forward_again_after_a_stall():
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, stall=6)
+    for _ in range(4):
+        c.record(29 * DEMO_STRIDE, cleared=True)
+    assert c.lo == 13  # cleared every time: 16 back
+    # A clear since the move: failures never move it forward, however many.
+    c.record(13 * DEMO_STRIDE, cleared=True)
+    assert not any(c.record(13 * DEMO_STRIDE, cleared=False) for _ in range(20)) and c.lo == 13
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, stall=6, lo=13)
+    moved = [c.record(14 * DEMO_STRIDE, cleared=False) for _ in range(6)]
+    assert moved == [False] * 5 + [True] and c.lo == 21 and c.since == 0
+    assert not c.record(13 * DEMO_STRIDE, cleared=False)  # before the window now: not counted
+    # At the last start state it stays, and without `stall` it never moves forward.
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, stall=6, lo=25)
+    assert [c.record(25 * DEMO_STRIDE, cleared=False) for _ in range(6)][-1] and c.lo == 29
+    assert not any(c.record(29 * DEMO_STRIDE, cleared=False) for _ in range(12)) and c.lo == 29
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, lo=13)
+    assert not any(c.record(13 * DEMO_STRIDE, cleared=False) for _ in range(100)) and c.lo == 13

@@ -38,9 +38,18 @@ class BackwardCurriculum:
     min_episodes: int = 16
     """episodes started in the window before its clear rate counts; the rate is over the latest
     2 x min_episodes of them, so that it follows an agent that is learning (docs/experiments.md)"""
+    stall: int = 0
+    """episodes started in the window with no clear among them after which it moves forward again by
+    `back` (0: never). The rate over the latest episodes is noisy: on 1-3 a run of clears passed a
+    stretch the agent cleared 4% of the time, and the next one it then never cleared, in 6,905
+    episodes (docs/experiments.md)"""
     lo: int = -1
     """first start state of the window (-1: the last one); 0 and done: only real resets"""
     done: bool = False
+    since: int = 0
+    """episodes started in the window since it last moved"""
+    cleared_since: bool = False
+    """whether one of them reached the flag"""
 
     def __post_init__(self):
         if self.lo < 0:
@@ -54,21 +63,29 @@ class BackwardCurriculum:
         return self.lo, min(self.lo + self.span - 1, self.starts - 1)
 
     def record(self, start_frame: int, cleared: bool, stride: int = DEMO_STRIDE) -> bool:
-        """Count one finished episode; return True when the window moved."""
+        """Count one finished episode; return True when the window moved (back, or forward after a stall)."""
         lo, hi = self.window()
         if self.done or not (start_frame > 0 or lo == 0) or not lo <= start_frame // stride <= hi:
             return False
         self._latest.append(bool(cleared))
+        self.since += 1
+        self.cleared_since |= bool(cleared)
         episodes, clears = len(self._latest), sum(self._latest)
+        if self.stall and self.since >= self.stall and not self.cleared_since and self.lo < self.starts - 1:
+            self._move(min(self.starts - 1, self.lo + self.back))
+            return True
         if episodes < self.min_episodes or clears < self.success * episodes:
             return False
         if self.lo == 0:
             self.done = True
         # Twice as far when the agent already clears from here most of the time.
         back = 2 * self.back if clears >= 0.8 * episodes else self.back
-        self.lo = max(0, self.lo - back)
-        self._latest.clear()
+        self._move(max(0, self.lo - back))
         return True
+
+    def _move(self, lo: int) -> None:
+        self.lo, self.since, self.cleared_since = lo, 0, False
+        self._latest.clear()
 
     @property
     def start_frame(self) -> int:

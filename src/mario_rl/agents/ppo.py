@@ -107,6 +107,9 @@ class PPOConfig(TrainConfig):
     (envs.DemoStart); 0: never"""
     demo_success: float = 0.2
     """clear rate from the current starts that moves them back (backward order)"""
+    demo_stall: int = 0
+    """episodes from the current starts, none of them a clear, after which the starts move forward
+    again by --demo-back (backward order; 0: never)"""
     bc_epochs: int = 0
     """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new run
     only); 0: PPO from a random network"""
@@ -154,6 +157,8 @@ class PPOConfig(TrainConfig):
             raise UserError(f"--target-kl must be positive, got {self.target_kl}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or self.reward_scale <= 0:
             raise UserError("--gamma must be in (0, 1], --gae-lambda in [0, 1] and --reward-scale positive")
+        if self.demo_stall < 0:
+            raise UserError(f"--demo-stall must be >= 0, got {self.demo_stall}")
         if self.demo_back <= 0 or not 0 < self.demo_success <= 1 or not 0 <= self.demo_behind <= 1:
             raise UserError("--demo-back must be positive, --demo-success in (0, 1] and --demo-behind in [0, 1]")
         if self.bc_epochs < 0 or self.bc_passes < 0:

@@ -150,7 +150,9 @@ class DemoStarts:
         starts = demo_starts(len(self.demo["frames"]))
         self.curriculum, self.window, self.priorities = None, None, None
         if cfg.demo_order == "backward":
-            self.curriculum = BackwardCurriculum(starts, back=cfg.demo_back, success=cfg.demo_success)
+            self.curriculum = BackwardCurriculum(
+                starts, back=cfg.demo_back, success=cfg.demo_success, stall=cfg.demo_stall
+            )
             return
         self.window = (0, starts - 1, 0.0)  # every start state, for the whole run
         if cfg.demo_order == "prioritized":
@@ -192,8 +194,12 @@ class DemoStarts:
 
     def state(self) -> dict | None:
         """The curriculum's place, for checkpoints (None without a curriculum)."""
-        return None if self.curriculum is None else {"lo": self.curriculum.lo, "done": self.curriculum.done}
+        c = self.curriculum
+        return None if c is None else {"lo": c.lo, "done": c.done, "since": c.since, "cleared_since": c.cleared_since}
 
     def load(self, state: dict | None) -> None:
         if self.curriculum is not None and state is not None:
-            self.curriculum.lo, self.curriculum.done = state["lo"], state["done"]
+            c = self.curriculum
+            c.lo, c.done = state["lo"], state["done"]
+            # Checkpoints from before --demo-stall have no count: it starts again at the resume.
+            c.since, c.cleared_since = state.get("since", 0), state.get("cleared_since", False)
