@@ -84,6 +84,38 @@ def test_furthest_rounds_start_on_the_last_screen_reached():
     assert sum(c.chosen for c in explorer.archive.values()) == 20
 
 
+def test_furthest_rounds_by_area_start_on_each_areas_last_screen():
+    """With --furthest-by-area, an area whose cells all lie left of another's furthest x (the main
+    stage, when a bonus room's x runs beyond it) still gets furthest rounds, from its own last screen."""
+    from pathlib import Path
+
+    demo = json.loads((Path(__file__).parent / "data" / "1-1-demo.json").read_text())
+    cfg = ExploreConfig(
+        "1-1", seed=demo["seed"], moves=5, frontier_prob=0.0, furthest_prob=1.0, furthest=64, furthest_by_area=True
+    )
+    explorer = Explorer(cfg)
+    explorer.follow(bytes(demo["frames"][:1200]))
+    cells = list(explorer.archive.values())
+    main = max(cells, key=lambda c: c.x).area
+    # Call the cells left of x 600 another area: a room the far end of the main one does not reach.
+    room = [c for c in cells if c.area == main and c.x < 600]
+    for c in room:
+        c.area = 256  # the area pointer is a byte: no real area has this number
+    room_far = max(c.x for c in room) - 64
+    main_far = max(c.x for c in cells) - 64
+    assert room_far < main_far and len(room) > 50
+    for _ in range(40):
+        explorer.round()
+    assert all(c.chosen == 0 for c in room if c.x < room_far)
+    assert all(c.chosen == 0 for c in cells if c.area == main and c.x < main_far)
+    assert sum(c.chosen for c in room) > 0  # about half the rounds; none would be without the option
+    cfg.furthest_by_area = False
+    before = sum(c.chosen for c in room)
+    for _ in range(20):
+        explorer.round()
+    assert sum(c.chosen for c in room) == before
+
+
 def test_cells_tell_changed_blocks_near_mario_apart():
     """A block revealed near Mario (8-4's way on) is a new cell; one far away is not."""
     from mario_rl.archive import blocks_near, cell_key, raw_env

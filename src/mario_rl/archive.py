@@ -37,6 +37,8 @@ class Cell:
     x: int
     changes: int = 0
     """times the path to this cell changed area"""
+    area: int = 0
+    """the game's area pointer there (the cell key's first part)"""
     born: int = 0
     chosen: int = 0
     seen: int = 0
@@ -104,7 +106,8 @@ class Explorer:
         self.env.reset(seed=self.cfg.seed)
         self.rng = np.random.default_rng([self.cfg.seed, self.worker])
         self.buttons = action_bytes(self.cfg.actions)
-        self.archive[cell_key(self.env)] = Cell(self.env.dump_state(), b"", mario_x(self.env))
+        key = cell_key(self.env)
+        self.archive[key] = Cell(self.env.dump_state(), b"", mario_x(self.env), area=key[0])
         self.solution_changes = 0
         self.changes_bound = 1 << 30  # area changes of the best path to the flag this or any worker has
         self.births = 0
@@ -120,7 +123,7 @@ class Explorer:
         key = cell_key(self.env)
         cell = self.archive.get(key)
         if cell is None or (changes, len(frames)) < (cell.changes, len(cell.frames)):
-            new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env), changes)
+            new = Cell(self.env.dump_state(), bytes(frames), mario_x(self.env), changes, area=key[0])
             if (
                 cell is not None
                 and changes == cell.changes
@@ -158,7 +161,13 @@ class Explorer:
             # ~2,000 cells, one cell comes up about once in half an hour of a worker's rounds (about
             # two a second here, at ~700 frames/s and up to 400 frames a round, half of them drawn
             # from any cell), and the search sat below that block for 26 of its 30 minutes.
-            far = self.best.x - self.cfg.furthest
+            if self.cfg.furthest_by_area:
+                # A room whose x lies beyond the way on (6-2's bonus coin room) otherwise holds every
+                # furthest round; so first an area, evenly, then the last screens reached in it.
+                areas = sorted({c.area for c in cells})
+                area = areas[self.rng.integers(len(areas))]
+                cells = [c for c in cells if c.area == area]
+            far = max(c.x for c in cells) - self.cfg.furthest
             cells = [c for c in cells if c.x >= far]
         weights = np.array([c.weight() for c in cells])
         cell = cells[self.rng.choice(len(cells), p=weights / weights.sum())]

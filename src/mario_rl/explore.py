@@ -77,6 +77,9 @@ class ExploreConfig:
     """pixels: rounds of --furthest-prob start from cells at most this far left of the furthest x (512: two screens)"""
     furthest_prob: float = 0.25
     """share of rounds that start from the furthest cells (the rest start from any cell)"""
+    furthest_by_area: bool = False
+    """furthest rounds draw an area first, evenly among those reached, then start on the last screens
+    reached in it (off: the last screens of any area, which a dead-end room far to the right can hold)"""
     sooner: int = 0
     """frames: a cell reached this much sooner than its known way in becomes a frontier cell again, so the
     saving carries on to the cells after it (0: never; docs/experiments.md)"""
