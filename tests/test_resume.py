@@ -103,3 +103,24 @@ def test_settings_as_key_value_take_their_fields_types(tmp_path):
         proc = run_cli("solve", "1-1", "--out", tmp_path / "s", "--ppo-set", own)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--ppo-set" in proc.stderr, proc.stderr
         assert not (tmp_path / "s").exists()
+
+
+def test_plot_refreshes_wait_ten_times_as_long_as_the_last_one_took(tmp_path, monkeypatch):
+    """A long run's refresh redraws every episode (seconds of CPU): the next waits 10x that, not just --plot-every."""
+    from mario_rl.training import Run, TrainConfig
+
+    run = Run(TrainConfig(stage="1-1", run_dir=str(tmp_path / "run"), plot_every=0.0, video_steps=0))
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args) or slow)
+    try:
+        run.tick(1)  # --plot-every 0: a refresh starts at once
+        assert len(started) == 1
+        slow.wait()
+        run.tick(2)  # it took >= 0.5 s, and less than 10x that has passed since it started
+        assert len(started) == 1 and run._plot_cost >= 0.5
+        run._last_plot -= 10 * run._plot_cost  # as if that long had passed
+        run.tick(3)
+        assert len(started) == 2
+    finally:
+        run.close()
