@@ -386,3 +386,19 @@ def test_vector_workers_also_start_by_spawn():
         assert (inner["x_pos"] >= 40).all()
     finally:
         envs.close()
+
+
+def test_vector_infos_of_groups_keep_none_for_envs_that_did_not_end():
+    """final_obs is an object array with None for envs that did not end; a group whose envs all went on has no
+    final_obs at all. The merged info must say None there, not 0: PPO's truncation bootstrap stacks the
+    final observations and took a 0 for one (a crash after 225k steps of 1-3)."""
+    from mario_rl.envs.vector import _concat_infos
+
+    ended = np.full(2, None, dtype=object)
+    ended[1] = np.ones((4, 84, 84), np.uint8)
+    infos = [{"final_obs": ended, "_final_obs": np.array([False, True])}, {}, {"x": np.array([3, 4])}]
+    out = _concat_infos(infos, k=2)
+    assert out["final_obs"].dtype == object and out["final_obs"].shape == (6,)
+    assert [o is None for o in out["final_obs"]] == [True, False, True, True, True, True]
+    assert out["_final_obs"].tolist() == [False, True, False, False, False, False]
+    assert out["x"].tolist() == [0, 0, 0, 0, 3, 4]

@@ -70,7 +70,9 @@ def _concat_infos(infos: list[dict], k: int) -> dict:
         if isinstance(first, dict):
             out[key] = _concat_infos([p if p is not None else {} for p in parts], k)
         else:
-            blank = np.zeros((k, *first.shape[1:]), first.dtype)  # an absent key: masked out (False)
+            # An absent key: masked out (False, 0), or None where the values are objects (final_obs: the code
+            # reading it takes None as "this env did not end", as Gymnasium's own vector infos do).
+            blank = np.full((k, *first.shape[1:]), None if first.dtype == object else 0, first.dtype)
             out[key] = np.concatenate([p if p is not None else blank for p in parts])
     return out
 
