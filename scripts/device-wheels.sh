@@ -11,13 +11,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.whl
 rm -rf "$out" && mkdir -p "$out"
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 
 # Versions from the lock file, so the GPU machine runs what the tests ran.
 pin() { uv export --frozen --no-hashes --no-dev --no-emit-project | grep -i "^$1==" | cut -d' ' -f1; }
 pure=(gymnasium farama-notifications tyro docstring-parser typeguard typing-extensions gym-super-mario-bros)
 pins=()
-for name in "${pure[@]}"; do pins+=("$(pin "$name")"); done
+for name in "${pure[@]}"; do
+  p=$(pin "$name") && [ -n "$p" ] || { echo "device-wheels: no pin for $name in uv.lock" >&2; exit 1; }
+  pins+=("$p")
+done
 python3 -m pip download --quiet --no-deps --only-binary=:all: --ignore-requires-python \
   --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 --platform any \
   -d "$out" "${pins[@]}"
@@ -25,7 +30,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --ignore-requires-
 # nes-py from its sdist, for CPython 3.12: PY312 names the interpreter, else python3.12 on PATH, else the
 # one uv finds or fetches.
 py312=${PY312:-$(command -v python3.12 || uv python find 3.12 2>/dev/null || echo 3.12)}
-nes=$(pin nes-py)
+nes=$(pin nes-py) && [ -n "$nes" ] || { echo "device-wheels: no pin for nes-py in uv.lock" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps --no-binary=:all: --no-build-isolation -d "$work" "$nes" 2>/dev/null ||

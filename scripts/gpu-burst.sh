@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one mario-rl command on a lent GPU machine and bring back every file it wrote.
 #
-#   bash scripts/gpu-burst.sh campaign 1-3 --envs 32 --budget-hours 0.13
+#   bash scripts/gpu-burst.sh campaign 1-3 --envs 32 --budget-hours 0.12
 #
 # Runs there from the repository root, with .whl/ (scripts/device-wheels.sh) carried along. Installs
 # the wheels beside the machine's own PyTorch, runs `mario-rl ARGS...`, then packs the files under

@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import json
 import math
+import resource
 import subprocess
 import sys
 import time
@@ -38,6 +39,12 @@ from mario_rl.envs import Preprocessing, env_id, level_x
 from mario_rl.errors import UserError
 from mario_rl.progress import ProgressDisplay
 from mario_rl.storage import atomic_write
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished (reaped) child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -68,7 +75,7 @@ class TrainConfig:
     video_steps: int = 600
     """agent steps in each checkpoint video; 0 records none"""
     plot_every: float = 60.0
-    """seconds between learning-curve refreshes (at least 10 times as long as the last refresh took)"""
+    """seconds between learning-curve refreshes (at least 10 times the CPU time the last refresh took)"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
 
@@ -214,7 +221,7 @@ class Run:
         self._plotter: subprocess.Popen | None = None
         self._final_plot_step: int | None = None
         # A refresh redraws every episode so far: on a long run (90k episodes) it costs ~8 s of a core. Waiting
-        # 10x its own time between refreshes keeps them under ~10% of the machine.
+        # 10x its CPU time between refreshes keeps them under ~10% of a core.
         self._plot_started: float | None = None
         self._plot_cost = 0.0
         self.progress = ProgressDisplay(cfg.steps, start_step)
@@ -293,8 +300,12 @@ class Run:
         self.progress.update(
             step, episodes=status.pop("episodes", 0), mean_return=mean_return, best_x=self.best_x, **status
         )
-        if self._plot_started is not None and self._plotter.poll() is not None:
-            self._plot_cost, self._plot_started = time.monotonic() - self._plot_started, None
+        if self._plot_started is not None:
+            # The refresh's own CPU time: a finished child's usage is added when poll() reaps it. (Wall time
+            # would be measured in ticks, once per PPO update, so minutes.)
+            before = _children_cpu()
+            if self._plotter.poll() is not None:
+                self._plot_cost, self._plot_started = _children_cpu() - before, None
         if time.monotonic() - self._last_plot > max(self.cfg.plot_every, 10 * self._plot_cost):
             self.plot()
             self.tb.add_scalar("charts/SPS", self.progress.sps, step)
