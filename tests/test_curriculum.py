@@ -64,6 +64,10 @@ def test_backward_curriculum_moves_forward_again_after_a_stall():
     moved = [c.record(14 * DEMO_STRIDE, cleared=False) for _ in range(6)]
     assert moved == [False] * 5 + [True] and c.lo == 21 and c.since == 0
     assert not c.record(13 * DEMO_STRIDE, cleared=False)  # before the window now: not counted
+    # Clears from the window's later start states alone do not hold it (1-3's window at frames 352-400).
+    c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, stall=6, lo=13)
+    moved = [c.record((13 + i % 4) * DEMO_STRIDE, cleared=i % 4 == 3) for i in range(6)]
+    assert moved == [False] * 5 + [True] and c.lo == 21
     # At the last start state it stays, and without `stall` it never moves forward.
     c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, stall=6, lo=25)
     assert [c.record(25 * DEMO_STRIDE, cleared=False) for _ in range(6)][-1] and c.lo == 29

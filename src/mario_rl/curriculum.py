@@ -39,17 +39,19 @@ class BackwardCurriculum:
     """episodes started in the window before its clear rate counts; the rate is over the latest
     2 x min_episodes of them, so that it follows an agent that is learning (docs/experiments.md)"""
     stall: int = 0
-    """episodes started in the window with no clear among them after which it moves forward again by
-    `back` (0: never). The rate over the latest episodes is noisy: on 1-3 a run of clears passed a
-    stretch the agent cleared 4% of the time, and the next one it then never cleared, in 6,905
-    episodes (docs/experiments.md)"""
+    """episodes started in the window, none of those from its first start state a clear, after which it
+    moves forward again by `back` (0: never). The rate over the latest episodes is noisy: on 1-3 a run
+    of clears passed a stretch the agent cleared 4% of the time, and the next one it then never cleared,
+    in 6,905 episodes. Only the first start state counts because clears from the window's later ones
+    alone kept it still: at frames 352-400 the last cleared 19-31% and the others 0 of 902
+    (docs/experiments.md)"""
     lo: int = -1
     """first start state of the window (-1: the last one); 0 and done: only real resets"""
     done: bool = False
     since: int = 0
     """episodes started in the window since it last moved"""
     cleared_since: bool = False
-    """whether one of them reached the flag"""
+    """whether one of them that started at `lo` reached the flag"""
 
     def __post_init__(self):
         if self.lo < 0:
@@ -69,7 +71,7 @@ class BackwardCurriculum:
             return False
         self._latest.append(bool(cleared))
         self.since += 1
-        self.cleared_since |= bool(cleared)
+        self.cleared_since |= bool(cleared) and start_frame // stride == lo
         episodes, clears = len(self._latest), sum(self._latest)
         if self.stall and self.since >= self.stall and not self.cleared_since and self.lo < self.starts - 1:
             self._move(min(self.starts - 1, self.lo + self.back))

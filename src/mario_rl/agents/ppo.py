@@ -108,8 +108,8 @@ class PPOConfig(TrainConfig):
     demo_success: float = 0.2
     """clear rate from the current starts that moves them back (backward order)"""
     demo_stall: int = 0
-    """episodes from the current starts, none of them a clear, after which the starts move forward
-    again by --demo-back (backward order; 0: never)"""
+    """episodes from the current starts, none from the earliest of them a clear, after which the starts
+    move forward again by --demo-back (backward order; 0: never)"""
     bc_epochs: int = 0
     """epochs of behaviour cloning on the demonstration before the first PPO update (mario_rl.bc; a new run
     only); 0: PPO from a random network"""
