@@ -222,7 +222,7 @@ class Run:
         self._final_plot_step: int | None = None
         # A refresh redraws every episode so far: on a long run (90k episodes) it costs ~8 s of a core. Waiting
         # 10x its CPU time between refreshes keeps them under ~10% of a core.
-        self._plot_started: float | None = None
+        self._plot_unmeasured = False  # a refresh is running whose CPU time is not counted yet
         self._plot_cost = 0.0
         self.progress = ProgressDisplay(cfg.steps, start_step)
 
@@ -300,12 +300,12 @@ class Run:
         self.progress.update(
             step, episodes=status.pop("episodes", 0), mean_return=mean_return, best_x=self.best_x, **status
         )
-        if self._plot_started is not None:
+        if self._plot_unmeasured:
             # The refresh's own CPU time: a finished child's usage is added when poll() reaps it. (Wall time
             # would be measured in ticks, once per PPO update, so minutes.)
             before = _children_cpu()
             if self._plotter.poll() is not None:
-                self._plot_cost, self._plot_started = _children_cpu() - before, None
+                self._plot_cost, self._plot_unmeasured = _children_cpu() - before, False
         if time.monotonic() - self._last_plot > max(self.cfg.plot_every, 10 * self._plot_cost):
             self.plot()
             self.tb.add_scalar("charts/SPS", self.progress.sps, step)
@@ -325,7 +325,7 @@ class Run:
             [sys.executable, "-m", "mario_rl.plots", str(self._episodes_csv), str(self.dir / "plots")],
             stdout=subprocess.DEVNULL,
         )
-        self._last_plot = self._plot_started = time.monotonic()
+        self._last_plot, self._plot_unmeasured = time.monotonic(), True
 
     # --- checkpoints, policies, videos ---
 
