@@ -60,11 +60,11 @@ def test_checks_then_a_confirmed_pass_then_the_final_evaluation(fakes):
     seen["script"] = [status(100, demo_done=False), status(200), status(250), status(300, clears=11), status(400)]
     seen["clears"] = {102_000: 17, 104_000: 19, 104_020: 18}
     said = []
-    cfg = SolveConfig("1-1", out=out, gamma=0.99, eval_seed=7000, eval_episodes=20, check_every=100, eval_video=False)
+    cfg = SolveConfig("1-1", out=out, gamma=0.9, eval_seed=7000, eval_episodes=20, check_every=100, eval_video=False)
     result = solve(cfg, echo=said.append)
     assert said[0] == f"using the demonstration in {out / 'explore' / 'demo.json'}"
     assert (
-        seen["ppo"].gamma == 0.99
+        seen["ppo"].gamma == 0.9
         and seen["ppo"].video_steps == 1500
         and seen["ppo"].demo == out / "explore" / "demo.json"
     )
@@ -89,11 +89,11 @@ def test_stop_ends_training_without_a_final_evaluation(fakes):
     seen["clears"] = {101_000: 10}
     asked = []
     overrides = {"device": "cpu", "video_steps": 0, "gamma": 0.95}
-    cfg = SolveConfig("1-1", out=out, gamma=0.99, reward_scale=0.01)
+    cfg = SolveConfig("1-1", out=out, gamma=0.99, reward_scale=0.05)
     result = solve(
         cfg, echo=lambda line: None, stop=lambda step: asked.append(step) or step >= 200, ppo_overrides=overrides
     )
-    assert (seen["ppo"].gamma, seen["ppo"].reward_scale) == (0.95, 0.01)  # ppo_overrides win over --gamma
+    assert (seen["ppo"].gamma, seen["ppo"].reward_scale) == (0.95, 0.05)  # ppo_overrides win over --gamma
     assert (seen["ppo"].device, seen["ppo"].video_steps) == ("cpu", 0)
     assert asked == [100, 200] and seen["updates"] == [100, 200]
     assert result["stopped"] is True and result["step"] == 200
@@ -125,9 +125,9 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
         "--eval-episodes",
         1,
         "--gamma",
-        0.99,
+        0.9,
         "--reward-scale",
-        0.01,
+        0.05,
     )
     assert "using the demonstration" in proc.stdout, proc.stderr
     # 128 steps of PPO do not clear 1-1: exit code 1, and the files say so.
@@ -137,7 +137,7 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     assert (out / "policy.safetensors").exists() and (out / "eval.mp4").exists()
     assert (out / "run" / "checkpoint.safetensors").exists()
     saved = json.loads((out / "run" / "config.json").read_text())
-    assert (saved["gamma"], saved["reward_scale"]) == (0.99, 0.01)
+    assert (saved["gamma"], saved["reward_scale"]) == (0.9, 0.05)
     assert result["temperature"] == 0.25  # solve's default, written into the policy file it evaluated
     from mario_rl.policy import load_policy
 

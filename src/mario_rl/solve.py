@@ -76,9 +76,9 @@ class SolveConfig:
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
     gamma: float | None = None
-    """PPO's discount factor for a new run (None: PPOConfig's, 0.9; 0.99 did better on 1-2, docs/results/1-2.md)"""
+    """PPO's discount factor for a new run (None: PPOConfig's, 0.99)"""
     reward_scale: float | None = None
-    """PPO's reward scale for a new run (None: PPOConfig's, 0.05; use 0.01 with --gamma 0.99)"""
+    """PPO's reward scale for a new run (None: PPOConfig's, 0.01; use 0.05 with --gamma 0.9)"""
     bc_epochs: int = 0
     """epochs of behaviour cloning on the demonstration before PPO's first update, in a new run
     (PPOConfig.bc_epochs, mario_rl.bc); 0: PPO from a random network"""
