@@ -60,7 +60,7 @@ def test_dataset_holds_the_replay_and_perturbed_stretches():
 def test_cloning_fits_the_demonstrations_buttons():
     from mario_rl.nets import ActorCritic
 
-    data = demo_dataset(short_demo(), "complex", passes=1, span=4, seed=0)
+    data = demo_dataset(short_demo(), "complex", gamma=0.99, reward_scale=0.01, passes=1, span=4, seed=0)
     torch.manual_seed(0)
     agent = ActorCritic(4, 12, 84)
     history = clone(agent, data, epochs=12, lr=1e-3, batch=32)

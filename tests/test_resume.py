@@ -127,3 +127,33 @@ def test_plot_refreshes_wait_ten_times_the_cpu_time_the_last_one_took(tmp_path, 
         assert len(started) == 2
     finally:
         run.close()
+
+
+def test_a_resumed_run_writes_paths_under_the_working_folder_relative(tmp_path, monkeypatch):
+    """A checkpoint's config may hold an absolute path of this machine (init_policy): config.json is committed,
+    so a resume writes it relative to the working folder, and the setting is a Path again."""
+    from pathlib import Path
+
+    import torch
+
+    from mario_rl.agents.ppo import PPOConfig
+    from mario_rl.checkpoint import save_checkpoint
+    from mario_rl.training import Run
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = PPOConfig(stage="1-1", algo="ppo", init_policy=tmp_path / "models" / "1-1.safetensors").to_json()
+    assert config["init_policy"] == "models/1-1.safetensors"  # a new run writes it relative too
+    config["init_policy"] = str(tmp_path / "models" / "1-1.safetensors")  # as an older version wrote it
+    state = {"algo": "ppo", "step": 64, "episode": 1, "best_x": 40, "config": config, "optim": {}}
+    save_checkpoint(run_dir / "checkpoint.safetensors", {"rng.torch": torch.get_rng_state()}, state)
+    run = Run(PPOConfig(stage="1-1", algo="ppo", run_dir="run", resume=True, video_steps=0))
+    try:
+        assert run.cfg.init_policy == Path(tmp_path / "models" / "1-1.safetensors")
+        written = json.loads((run_dir / "config.json").read_text())
+        assert written["init_policy"] == "models/1-1.safetensors"
+        outside = "/elsewhere/p.safetensors"
+        assert PPOConfig(init_policy=Path(outside)).to_json()["init_policy"] == outside  # elsewhere: kept as is
+    finally:
+        run.close()

@@ -47,17 +47,17 @@ def demo_dataset(
     demo: dict,
     actions: str | Preprocessing,
     *,
+    gamma: float,
+    reward_scale: float,
     sticky: float = 0.25,
     span: int = 16,
     passes: int = 2,
-    gamma: float = 0.9,
-    reward_scale: float = 0.05,
     seed: int = 0,
 ) -> CloneData:
     """Observations along the demonstration with its actions as labels: the demonstration itself replayed
     through the policy's preprocessing (`actions`: an action set's name for the default one, or a whole
     Preprocessing), plus `passes` perturbed stretches of `span` agent steps from each of its start states
-    (sticky actions `sticky`)."""
+    (sticky actions `sticky`). `gamma` and `reward_scale` are the training run's: they make the value targets."""
     from mario_rl.demonstration import DEMO_STRIDE, demo_labels, demo_snapshots
     from mario_rl.envs import Preprocessing, StartFrom, lean_game, make_base_env, wrap_preprocessing
 

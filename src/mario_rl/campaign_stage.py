@@ -280,9 +280,8 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
         overrides |= campaign_ppo_settings(cfg.ppo_set)
         warm = None if cfg.from_scratch else related_policy(stage, registry, cfg.actions)
         if warm is not None:
-            # Relative to the working folder, as the run's other paths are: its config.json is committed.
-            path = reg_mod.resolve(registry["stages"][warm]["policy"]).resolve()
-            overrides["init_policy"] = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+            # config.json writes it relative to the working folder (TrainConfig.to_json): it is committed.
+            overrides["init_policy"] = reg_mod.resolve(registry["stages"][warm]["policy"]).resolve()
         state["warm_start"] = warm
         state["attempt"] = int(state.get("attempt", 0)) + (state["phase"] in ("cleared", "spent"))
     save_state(phase="training", steps_budget=cfg.steps)

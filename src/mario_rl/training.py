@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+import typing
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,7 +100,20 @@ class TrainConfig:
             raise UserError("--resume-set changes a resumed run's settings; a new run takes them as flags")
 
     def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        return {k: (_portable(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _portable(path: Path) -> str:
+    """`path` as text, relative to the working folder when it lies under it: a run's config.json is committed
+    and read on other machines, where an absolute path from this one means nothing."""
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _is_path_field(hint) -> bool:
+    """Whether a config field's type hint is Path or Path | None."""
+    return hint is Path or Path in typing.get_args(hint)
 
 
 _RESUME_FLAGS = ("steps", "resume", "run_dir", "resume_set", "device")
@@ -114,7 +128,6 @@ def parse_settings(items: tuple[str, ...], config: type, fixed: tuple[str, ...],
     """KEY=VALUE items (`flag`'s) as {key: value}: KEY a field of the dataclass `config` not in `fixed`, VALUE
     of the field's type (none for a field that may be None)."""
     import types
-    import typing
 
     hints = typing.get_type_hints(config)
     changes = {}
@@ -240,9 +253,14 @@ class Run:
         # config lacks (the run is older than the setting) takes its default, which is what the run ran with.
         changes = parse_settings(cfg.resume_set, type(cfg), _FIXED_ON_RESUME, "--resume-set")
         defaults = type(cfg)()
+        hints = typing.get_type_hints(type(cfg))
         for f in dataclasses.fields(cfg):
             if f.name not in _RESUME_FLAGS:
-                setattr(cfg, f.name, saved.get(f.name, getattr(defaults, f.name)))
+                value = saved.get(f.name, getattr(defaults, f.name))
+                # JSON holds paths as text; as Paths again they are written back relative (_portable).
+                if isinstance(value, str) and _is_path_field(hints[f.name]):
+                    value = Path(value)
+                setattr(cfg, f.name, value)
         for key, value in changes.items():
             print(f"--resume-set: {key} {getattr(cfg, key)!r} -> {value!r}", flush=True)
             setattr(cfg, key, value)
