@@ -74,11 +74,13 @@ def campaign_ppo_settings(items: tuple[str, ...]) -> dict:
 def _changed_settings(items: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
     """The --ppo-set items that change the saved run's settings: the rest it already has (a run that began
     with crop_top=32 resumes under --ppo-set crop_top=32, which --resume-set alone would refuse)."""
+    from mario_rl.training import json_value
+
     saved = json.loads((run_dir / "config.json").read_text())
     changed = []
     for item in items:
         ((key, value),) = campaign_ppo_settings((item,)).items()
-        if saved.get(key, object()) != (str(value) if isinstance(value, Path) else value):
+        if saved.get(key, object()) != json_value(value):
             changed.append(item)
     return tuple(changed)
 

@@ -100,15 +100,18 @@ class TrainConfig:
             raise UserError("--resume-set changes a resumed run's settings; a new run takes them as flags")
 
     def to_json(self) -> dict:
-        return {k: (_portable(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        return {k: json_value(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _portable(path: Path) -> str:
-    """`path` as text, relative to the working folder when it lies under it: a run's config.json is committed
-    and read on other machines, where an absolute path from this one means nothing."""
-    if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        return str(path.relative_to(Path.cwd()))
-    return str(path)
+def json_value(value):
+    """A config value as its run's config.json holds it: a path as text, relative to the working folder when
+    it lies under it (config.json is committed and read on other machines, where an absolute path from this
+    one means nothing); anything else as it is."""
+    if not isinstance(value, Path):
+        return value
+    if value.is_absolute() and value.is_relative_to(Path.cwd()):
+        return str(value.relative_to(Path.cwd()))
+    return str(value)
 
 
 def _is_path_field(hint) -> bool:
@@ -257,7 +260,7 @@ class Run:
         for f in dataclasses.fields(cfg):
             if f.name not in _RESUME_FLAGS:
                 value = saved.get(f.name, getattr(defaults, f.name))
-                # JSON holds paths as text; as Paths again they are written back relative (_portable).
+                # JSON holds paths as text; as Paths again they are written back relative (json_value).
                 if isinstance(value, str) and _is_path_field(hints[f.name]):
                     value = Path(value)
                 setattr(cfg, f.name, value)
