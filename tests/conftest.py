@@ -96,6 +96,8 @@ def tiny_campaign(tmp_path: Path, **changes):
         final_episodes=1,
         checkpoint_every=512,
         device="cpu",
-        train={"eval_video": False},
+        # Self-imitation off: collecting its samples along the whole demonstration would take most of a
+        # tiny run's time (test_solve.py checks that the recipe's settings reach PPO).
+        train={"eval_video": False, "sil_coef": 0.0},
     )
     return CampaignConfig(**(settings | changes))

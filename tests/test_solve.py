@@ -68,6 +68,8 @@ def test_checks_then_a_confirmed_pass_then_the_final_evaluation(fakes):
         and seen["ppo"].video_steps == 1500
         and seen["ppo"].demo == out / "explore" / "demo.json"
     )
+    # The recipe's defaults reach the run (docs/experiments.md): self-imitation, own flags, the stall rule.
+    assert (seen["ppo"].sil_coef, seen["ppo"].sil_own, seen["ppo"].demo_stall) == (0.1, True, 1024)
     # 100: the start has not reached the reset; 250: within check_every of 200; 300: 11 clears < check_from
     assert seen["updates"] == [100, 200, 250, 300, 400] and seen["saved"] == 2
     assert [s for s, *_ in seen["evaluated"]] == [102_000, 104_000, 104_020, 7000]
@@ -88,13 +90,14 @@ def test_stop_ends_training_without_a_final_evaluation(fakes):
     seen["script"] = [status(100), status(200), status(300)]
     seen["clears"] = {101_000: 10}
     asked = []
-    overrides = {"device": "cpu", "video_steps": 0, "gamma": 0.95}
+    overrides = {"device": "cpu", "video_steps": 0, "gamma": 0.95, "sil_coef": 0.0}
     cfg = SolveConfig("1-1", out=out, gamma=0.99, reward_scale=0.05)
     result = solve(
         cfg, echo=lambda line: None, stop=lambda step: asked.append(step) or step >= 200, ppo_overrides=overrides
     )
     assert (seen["ppo"].gamma, seen["ppo"].reward_scale) == (0.95, 0.05)  # ppo_overrides win over --gamma
     assert (seen["ppo"].device, seen["ppo"].video_steps) == ("cpu", 0)
+    assert seen["ppo"].sil_own is False  # self-imitation off: the default --sil-own goes with it
     assert asked == [100, 200] and seen["updates"] == [100, 200]
     assert result["stopped"] is True and result["step"] == 200
     assert [c["seed"] for c in result["checks"]] == [101_000]  # the check at step 100 happened before the stop

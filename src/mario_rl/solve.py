@@ -73,6 +73,14 @@ class SolveConfig:
     demo_retry: float = 0.25
     """share of PPO's non-reset starts taken from shortly before the agent's own recent deaths
     (PPOConfig.demo_retry)"""
+    demo_stall: int = 1024
+    """episodes from the backward starts, none from the earliest of them a clear, after which the starts move
+    forward again (PPOConfig.demo_stall; 0: never; docs/experiments.md, 1-3)"""
+    sil_coef: float = 0.1
+    """weight of self-imitation of the demonstration (PPOConfig.sil_coef; 0: off; docs/experiments.md, 1-3)"""
+    sil_own: bool = True
+    """self-imitation also of the agent's own episodes that reached the flag (PPOConfig.sil_own; only with
+    --sil-coef above 0)"""
     checkpoint_every: int = 50_000
     """agent steps between PPO checkpoints"""
     gamma: float | None = None
@@ -151,19 +159,22 @@ def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool
     from mario_rl.training import parse_settings
 
     own = {k: getattr(cfg, k) for k in ("stage", "actions", "envs", "steps", "sticky", "noop_max", "seed")}
-    own |= {k: getattr(cfg, k) for k in ("demo_order", "demo_retry", "bc_epochs", "checkpoint_every", "resume_set")}
-    own |= {"demo": demo_path, "run_dir": run_dir, "resume": resuming}
+    own |= {k: getattr(cfg, k) for k in ("demo_order", "demo_retry", "demo_stall", "bc_epochs", "checkpoint_every")}
+    own |= {"demo": demo_path, "run_dir": run_dir, "resume": resuming, "resume_set": cfg.resume_set}
     # Settings with a flag of solve's own are not --ppo-set's (nor is algo: solve trains PPO).
-    further = parse_settings(cfg.ppo_set, PPOConfig, (*own, "algo", "device", "gamma", "reward_scale"), "--ppo-set")
-    return PPOConfig(
-        **own,
-        **(
-            {"video_steps": 1500, "device": cfg.device}
-            | {k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None}
-            | further
-            | (ppo_overrides or {})
-        ),
+    mine = (*own, "algo", "device", "gamma", "reward_scale", "sil_coef", "sil_own")
+    further = parse_settings(cfg.ppo_set, PPOConfig, mine, "--ppo-set")
+    settings = (
+        own
+        | {"video_steps": 1500, "device": cfg.device, "sil_coef": cfg.sil_coef}
+        | {k: getattr(cfg, k) for k in ("gamma", "reward_scale") if getattr(cfg, k) is not None}
+        | further
+        | (ppo_overrides or {})
     )
+    # Own flag episodes are a source for self-imitation: with it off (--sil-coef 0, or the campaign's
+    # --ppo-set sil_coef=0) the default --sil-own goes with it rather than failing PPOConfig's check.
+    settings.setdefault("sil_own", cfg.sil_own and settings["sil_coef"] > 0)
+    return PPOConfig(**settings)
 
 
 def _find_demo(cfg: SolveConfig, demo_path: Path, out: Path, echo) -> None:
