@@ -56,7 +56,7 @@ from mario_rl.campaign import CampaignConfig, run_campaign
 t = Path(sys.argv[1])
 cfg = CampaignConfig(stages=("1-1",), root=t / "campaign", registry=t / "models" / "index.json",
                      models=t / "models", demos=t / "demos", steps=3072, envs=2, actions="simple",
-                     final_episodes=1, checkpoint_every=512, device="cpu", train={"eval_video": False})
+                     final_episodes=1, checkpoint_every=512, device="cpu", train={"eval_video": False, "sil_coef": 0.0})
 print(run_campaign(cfg), flush=True)
 """
 
