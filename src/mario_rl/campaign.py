@@ -127,7 +127,7 @@ class CampaignConfig:
     ray_cpus_per_stage: int = 0
     """CPUs a Ray stage task asks for (0: all of one node's, one stage per node)"""
     ppo_set: tuple[str, ...] = ()
-    """PPO settings for every stage's run, as KEY=VALUE (agents.ppo.PPOConfig's fields, e.g. sil_coef=0.1): a
+    """PPO settings for every stage's run, as KEY=VALUE (agents.ppo.PPOConfig's fields, e.g. target_kl=0.02): a
     new run starts with them, a resumed run changes to them (what fixes its network, e.g. crop_top, cannot)"""
     train: tyro.conf.Suppress[dict] = field(default_factory=dict)
     """further SolveConfig settings for every stage (tests: tiny budgets); not a command-line option"""

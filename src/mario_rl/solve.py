@@ -75,7 +75,7 @@ class SolveConfig:
     (PPOConfig.demo_retry)"""
     demo_stall: int = 1024
     """episodes from the backward starts, none from the earliest of them a clear, after which the starts move
-    forward again (PPOConfig.demo_stall; 0: never; docs/experiments.md, 1-3)"""
+    forward again (PPOConfig.demo_stall; backward order only; 0: never; docs/experiments.md, 1-3)"""
     sil_coef: float = 0.1
     """weight of self-imitation of the demonstration (PPOConfig.sil_coef; 0: off; docs/experiments.md, 1-3)"""
     sil_own: bool = True
@@ -99,7 +99,7 @@ class SolveConfig:
     """where PPO's learner runs: cpu, cuda, or auto (cuda when PyTorch sees a GPU); a resumed run takes it
     from this flag too, since it belongs to the machine"""
     ppo_set: tuple[str, ...] = ()
-    """further settings of a new PPO run, as KEY=VALUE (agents.ppo.PPOConfig's fields, e.g. sil_coef=0.1);
+    """further settings of a new PPO run, as KEY=VALUE (agents.ppo.PPOConfig's fields, e.g. target_kl=0.02);
     a resumed run keeps its saved ones (change them with --resume-set)"""
     resume_set: tuple[str, ...] = ()
     """when solve resumes its PPO run, settings that change from the run's saved ones, as KEY=VALUE
