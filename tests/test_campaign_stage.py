@@ -163,3 +163,64 @@ def test_ppo_settings_reach_a_new_run_and_change_a_resumed_one(tmp_path, monkeyp
     for bad in (("seed=3",), ("bogus=1",), ("sil_coef=lots",)):
         with pytest.raises(UserError, match="--ppo-set"):
             tiny_campaign(tmp_path, ppo_set=bad).validate()
+
+
+def test_goal_retrains_a_bundled_stage_and_keeps_the_better_policy(tmp_path, monkeypatch):
+    """--goal 0.95: 1-1, bundled at 93/100, is trained again. While it trains and when its new policy clears
+    no more (90/100), the registry keeps the bundled policy; a new one that clears more (97/100) replaces it.
+    solve is a stand-in that returns a final evaluation at once."""
+    import json
+
+    import mario_rl.solve as solve_mod
+    from mario_rl.campaign_stage import run_stage
+
+    outcome = {}
+    shipped = ("status", "policy", "sha256", "protocol", "actions", "agent_steps", "recipe", "warm_start")
+
+    def entry(cfg):
+        return {k: v for k, v in reg.load_registry(cfg.registry)["stages"]["1-1"].items() if k in shipped}
+
+    def fake_solve(cfg, echo, stop, ppo_overrides):
+        if outcome.get("stopped"):
+            return {"stopped": True, "step": 100}
+        tiny_policy(cfg.out / "policy.safetensors", "1-1", "complex")
+        clears = outcome["clears"]
+        results = [{"seed": i, "cleared": i < clears, "x": 3161 if i < clears else 300} for i in range(100)]
+        seeds = list(range(100))
+        return {"passed": True, "clears": clears, "episodes": 100, "seeds": seeds, "mean_x": 3000.0, "results": results}
+
+    monkeypatch.setattr(solve_mod, "solve", fake_solve)
+
+    def setup(folder):
+        folder.mkdir()
+        cfg = tiny_campaign(folder, goal=0.95, actions="complex")
+        cfg.models.mkdir(parents=True)
+        policy = tiny_policy(cfg.models / "1-1.safetensors", "1-1", "simple")
+        registry = reg.new_registry()
+        protocol = {"clears": 93, "episodes": 100, "seeds": "0..99"}
+        registry["stages"]["1-1"].update(
+            status="cleared", actions="simple", policy=str(policy), sha256=reg.file_sha256(policy), protocol=protocol
+        )
+        reg.save_registry(cfg.registry, registry)
+        return cfg, entry(cfg)
+
+    cfg, before = setup(tmp_path / "a")
+    quiet = dict(echo=lambda line: None)
+    assert run_stage("1-1", tiny_campaign(tmp_path / "a"), **quiet) == "skipped"  # the default goal: 0.9
+    outcome["stopped"] = True
+    assert run_stage("1-1", cfg, **quiet) == "stopped"
+    assert entry(cfg) == before  # still the shipped policy, as it was
+    outcome.update(stopped=False, clears=90)
+    assert run_stage("1-1", cfg, **quiet) == "not better"
+    assert entry(cfg) == before
+    assert "kept the bundled policy" in json.loads((cfg.root / "1-1" / "state.json").read_text())["result"]
+    assert run_stage("1-1", cfg, **quiet) == "skipped"  # done is done, at this step budget
+
+    cfg, before = setup(tmp_path / "b")
+    outcome["clears"] = 97
+    assert run_stage("1-1", cfg, **quiet) == "cleared"
+    after = entry(cfg)
+    assert after["protocol"]["clears"] == 97 and after["actions"] == "complex" and after["sha256"] != before["sha256"]
+    assert after["sha256"] == reg.file_sha256(cfg.models / "1-1.safetensors")
+    with pytest.raises(UserError, match="--goal"):
+        tiny_campaign(tmp_path, goal=1.5).validate()
