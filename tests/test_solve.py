@@ -131,6 +131,8 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
         0.9,
         "--reward-scale",
         0.05,
+        "--sil-coef",  # self-imitation's samples along the whole demonstration would double this tiny run
+        0,
     )
     assert "using the demonstration" in proc.stdout, proc.stderr
     # 128 steps of PPO do not clear 1-1: exit code 1, and the files say so.
@@ -157,7 +159,20 @@ def test_solve_resumes_from_a_demonstration_and_writes_its_evaluation(tmp_path):
     timed = tmp_path / "timed"
     shutil.copytree(out / "explore", timed / "explore")
     proc = run_cli(
-        "solve", "1-1", "--out", timed, "--steps", 100_000, "--envs", 2, "--eval-episodes", 1, "--minutes", 0.01
+        "solve",
+        "1-1",
+        "--out",
+        timed,
+        "--steps",
+        100_000,
+        "--envs",
+        2,
+        "--eval-episodes",
+        1,
+        "--minutes",
+        0.01,
+        "--sil-coef",
+        0,
     )
     assert proc.returncode == 1 and "--minutes 0.01 reached at step 256" in proc.stdout, proc.stderr
     result = json.loads((timed / "eval.json").read_text())
