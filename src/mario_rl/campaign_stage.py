@@ -408,13 +408,13 @@ def _finish_stage(
     protocol = reg_mod.protocol_record(result)
     passed = bool(result["passed"])
     text = f"{result['clears']}/{result['episodes']} on seeds {protocol['seeds']}"
+    phase, checks = "cleared" if passed else "spent", result.get("checks", [])
     if bundled is not None and (not passed or result["clears"] / result["episodes"] <= bundled_rate(bundled)):
         kept = reg_mod.rate_text(bundled["protocol"])
-        phase, checks = "cleared" if passed else "spent", result.get("checks", [])
         save_state(phase=phase, result=f"{text}; kept the bundled policy ({kept})", checks=checks)
         echo(f"{stage}: {text} does not beat the bundled policy ({kept}); kept it")
         return "not better"
-    save_state(phase="cleared" if passed else "spent", result=text, checks=result.get("checks", []))
+    save_state(phase=phase, result=text, checks=checks)
     fields = dict(
         algorithm="ppo",
         actions=cfg.actions,  # a retrained stage's new policy may use another action set than the bundled one
