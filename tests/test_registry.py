@@ -35,6 +35,8 @@ def test_wilson_interval():
     lo, hi = reg.wilson(100, 100)
     assert hi == pytest.approx(1.0) and 0.96 < lo < 0.97
     assert reg.rate_text({"clears": 18, "episodes": 20}).startswith("18/20 0.90 [0.70, 0.97]")
+    assert reg.clear_rate({"clears": 93, "episodes": 100}) == pytest.approx(0.93)
+    assert reg.clear_rate(None) == 0.0 and reg.clear_rate({"clears": 0, "episodes": 0}) == 0.0
 
 
 def test_protocol_record_and_relative_paths(tmp_path):

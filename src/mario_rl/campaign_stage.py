@@ -253,7 +253,7 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
     # A bundled stage under --goal is trained again; until a new policy clears more, the registry keeps
     # the bundled one as it is (status, steps, recipe): the board and `mario-rl status` show what is shipped.
     bundled = entry["status"] == "cleared" and reg_mod.check_policy(entry) is None
-    if bundled and bundled_rate(entry) >= cfg.goal:
+    if bundled and reg_mod.clear_rate(entry.get("protocol")) >= cfg.goal:
         echo(f"{stage}: cleared ({reg_mod.rate_text(entry['protocol'])}); skipped")
         return "skipped"
     folder = cfg.root / stage
@@ -391,12 +391,6 @@ def _recipe(run_dir: Path) -> dict:
     return {k: v for k, v in saved.items() if k not in skip and defaults.get(k, object()) != v}
 
 
-def bundled_rate(entry: dict) -> float:
-    """The clear rate of a registry entry's final evaluation (0 without one)."""
-    protocol = entry.get("protocol") or {}
-    return protocol["clears"] / protocol["episodes"] if protocol.get("episodes") else 0.0
-
-
 def _finish_stage(
     stage: str, cfg: CampaignConfig, folder: Path, state: dict, result: dict, save_state, echo, bundled: dict | None
 ) -> str:
@@ -409,7 +403,9 @@ def _finish_stage(
     passed = bool(result["passed"])
     text = f"{result['clears']}/{result['episodes']} on seeds {protocol['seeds']}"
     phase, checks = "cleared" if passed else "spent", result.get("checks", [])
-    if bundled is not None and (not passed or result["clears"] / result["episodes"] <= bundled_rate(bundled)):
+    if bundled is not None and (
+        not passed or reg_mod.clear_rate(result) <= reg_mod.clear_rate(bundled.get("protocol"))
+    ):
         kept = reg_mod.rate_text(bundled["protocol"])
         save_state(phase=phase, result=f"{text}; kept the bundled policy ({kept})", checks=checks)
         echo(f"{stage}: {text} does not beat the bundled policy ({kept}); kept it")

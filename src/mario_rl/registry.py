@@ -199,6 +199,11 @@ def wilson(clears: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def clear_rate(protocol: dict | None) -> float:
+    """The share of a protocol result's episodes that cleared (0 without one)."""
+    return protocol["clears"] / protocol["episodes"] if protocol and protocol.get("episodes") else 0.0
+
+
 def rate_text(protocol: dict | None) -> str:
     """'93/100 0.93 [0.86, 0.97]' for a protocol result, '' for none."""
     if not protocol or not protocol.get("episodes"):
