@@ -181,6 +181,7 @@ def test_goal_retrains_a_bundled_stage_and_keeps_the_better_policy(tmp_path, mon
         return {k: v for k, v in reg.load_registry(cfg.registry)["stages"]["1-1"].items() if k in shipped}
 
     def fake_solve(cfg, echo, stop, ppo_overrides):
+        assert cfg.check_rate == 0.95  # the goal also stops training: 19 of 20 in a check
         if outcome.get("stopped"):
             return {"stopped": True, "step": 100}
         tiny_policy(cfg.out / "policy.safetensors", "1-1", "complex")
@@ -224,3 +225,5 @@ def test_goal_retrains_a_bundled_stage_and_keeps_the_better_policy(tmp_path, mon
     assert after["sha256"] == reg.file_sha256(cfg.models / "1-1.safetensors")
     with pytest.raises(UserError, match="--goal"):
         tiny_campaign(tmp_path, goal=1.5).validate()
+    with pytest.raises(UserError, match="--goal"):
+        tiny_campaign(tmp_path, goal=0.8).validate()

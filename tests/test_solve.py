@@ -206,3 +206,7 @@ def test_a_check_passes_only_when_its_confirmation_passes_too():
         [{"step": 7, "seed": 500, "clears": 18, "episodes": 20}],
     )
     assert played == [500, 520, 500, 520, 500, 500]
+    # A stricter share (the campaign's --goal 0.95): 18 of 20 no longer stops training, 19 and 20 do.
+    passed, records = run_check(play({500: 19, 520: 18}), 7, 500, confirm=True, echo=lambda _: None, rate=0.95)
+    assert not passed and len(records) == 2
+    assert run_check(play({500: 20, 520: 19}), 7, 500, confirm=True, echo=lambda _: None, rate=0.95)[0]

@@ -312,6 +312,7 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
         "checkpoint_every": cfg.checkpoint_every,
         "eval_seed": FINAL_SEED + 1_000_000 * index + 1_000 * int(state.get("attempt", 0)),
         "resume_set": changes,
+        "check_rate": cfg.goal,
     } | cfg.train
     last_save = [time.monotonic()]
 
