@@ -227,3 +227,36 @@ def test_goal_retrains_a_bundled_stage_and_keeps_the_better_policy(tmp_path, mon
         tiny_campaign(tmp_path, goal=1.5).validate()
     with pytest.raises(UserError, match="--goal"):
         tiny_campaign(tmp_path, goal=0.8).validate()
+
+
+def test_sigterm_stops_the_campaign_as_its_budget_does(tmp_path, monkeypatch):
+    """SIGTERM while a stage trains: solve's stop callback says stop from then on, the campaign ends there
+    with the stage's state saved, and the previous handler is back afterwards; a second SIGTERM quits at once.
+    (solve is a stand-in.)"""
+    import json
+    import os
+    import signal
+
+    import mario_rl.solve as solve_mod
+    from mario_rl.campaign import run_campaign
+
+    answers = []
+
+    def fake_solve(cfg, echo, stop, ppo_overrides):
+        answers.append(stop(10))
+        os.kill(os.getpid(), signal.SIGTERM)
+        answers.append(stop(20))
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"stopped": True, "step": 20}
+
+    monkeypatch.setattr(solve_mod, "solve", fake_solve)
+    before = signal.getsignal(signal.SIGTERM)
+    lines = []
+    cfg = tiny_campaign(tmp_path)
+    assert run_campaign(cfg, echo=lines.append) == {"1-1": "stopped"}
+    assert answers == [False, True]
+    assert signal.getsignal(signal.SIGTERM) is before
+    state = json.loads((cfg.root / "1-1" / "state.json").read_text())
+    assert state["phase"] == "training" and state["step"] == 20
+    assert lines[-1] == "campaign: SIGTERM; stopped"

@@ -15,7 +15,8 @@ State lives on disk, under one folder (`--root`, default campaign/):
 
 A rerun after `kill -9` resumes the PPO run from its last checkpoint, so at most one
 checkpoint interval (`--checkpoint-every` agent steps) is lost; an interrupted search
-starts again (searches take minutes). A stage whose bundled policy passes is skipped;
+starts again (searches take minutes); SIGTERM stops training as the budget does, with a
+checkpoint (stop_on_sigterm). A stage whose bundled policy passes is skipped;
 so is one whose step budget is spent without a pass (raise `--steps` to go on).
 A finished stage keeps only its policy (models/), demonstration (demos/) and summary
 (state.json): its run folder is removed. With `--goal` above 0.9 a bundled stage whose
@@ -41,7 +42,12 @@ mario_rl.registry keeps models/index.json.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -51,6 +57,7 @@ import tyro
 from mario_rl import registry as reg_mod
 from mario_rl.campaign_stage import (
     FINAL_SEED,
+    STOP_REQUESTED,
     campaign_ppo_settings,
     default_envs,
     ensure_demo,
@@ -253,25 +260,59 @@ def run_campaign(cfg: CampaignConfig, echo=print) -> dict[str, str]:
     )
     if cfg.backend == "ray":
         return _run_ray(cfg, queue, deadline, echo)
-    # Demonstrations for every stage first: searches take minutes, training takes hours, and the board
-    # shows a demonstration where no policy passes yet.
-    for stage in queue:
-        if deadline is not None and time.time() >= deadline:
-            break
-        registry = reg_mod.load_registry(cfg.registry)
-        if registry["stages"][stage]["status"] != "cleared" and not skip_search(stage, cfg):
-            (cfg.root / stage).mkdir(parents=True, exist_ok=True)
-            left = None if deadline is None else (deadline - time.time()) / 60  # a search ends with the budget
-            ensure_demo(stage, cfg, cfg.root / stage, echo, minutes=left)
-    outcomes = {}
-    for stage in queue:
-        if deadline is not None and time.time() >= deadline:
-            echo("campaign: budget spent; stopping")
-            break
-        outcomes[stage] = run_stage(stage, cfg, deadline, echo)
-        if outcomes[stage] == "stopped":
-            break
+
+    def out_of_time() -> bool:
+        return STOP_REQUESTED.is_set() or (deadline is not None and time.time() >= deadline)
+
+    with stop_on_sigterm():
+        # Demonstrations for every stage first: searches take minutes, training takes hours, and the board
+        # shows a demonstration where no policy passes yet.
+        for stage in queue:
+            if out_of_time():
+                break
+            registry = reg_mod.load_registry(cfg.registry)
+            if registry["stages"][stage]["status"] != "cleared" and not skip_search(stage, cfg):
+                (cfg.root / stage).mkdir(parents=True, exist_ok=True)
+                left = None if deadline is None else (deadline - time.time()) / 60  # a search ends with the budget
+                ensure_demo(stage, cfg, cfg.root / stage, echo, minutes=left)
+        outcomes = {}
+        for stage in queue:
+            if out_of_time():
+                break
+            outcomes[stage] = run_stage(stage, cfg, deadline, echo)
+            if outcomes[stage] == "stopped":
+                break
+        if out_of_time():
+            echo(f"campaign: {'SIGTERM' if STOP_REQUESTED.is_set() else 'budget spent'}; stopped")
     return outcomes
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While the local campaign runs, SIGTERM (`kill PID`, a scheduler's stop) stops it as its budget does:
+    after the PPO update under way, with a checkpoint and the stage's state written. A second SIGTERM quits at
+    once. The emulator processes forked meanwhile inherit the handler and keep the default (they die), so
+    signal the campaign's own process, not its whole group."""
+    STOP_REQUESTED.clear()
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # an emulator process: die as without the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt
+        STOP_REQUESTED.set()  # no print here: a handler that prints can interrupt a print (a reentrant write)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ray_stage(stage: str, cfg_dict: dict, deadline: float | None) -> tuple[str, str]:

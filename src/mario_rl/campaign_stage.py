@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ REPO = reg_mod.REPO
 FINAL_SEED = 500_000_000
 """First seed of a stage's final evaluations: far above the checks' 100,000 + 10 x step, and each
 stage and attempt gets its own block (FINAL_SEED + 1,000,000 x stage index + 1,000 x attempt)."""
+STOP_REQUESTED = threading.Event()
+"""Set by SIGTERM during `campaign` (campaign.stop_on_sigterm): a stage's training stops as at its deadline."""
 
 
 def default_envs() -> int:
@@ -320,7 +323,7 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
         if time.monotonic() - last_save[0] > 60:  # wall time so far survives a kill -9
             last_save[0] = time.monotonic()
             save_state(step=step)
-        return deadline is not None and time.time() >= deadline
+        return STOP_REQUESTED.is_set() or (deadline is not None and time.time() >= deadline)
 
     try:
         result = solve(SolveConfig(**settings), echo=echo, stop=stop, ppo_overrides=overrides)
@@ -331,7 +334,7 @@ def run_stage(stage: str, cfg: CampaignConfig, deadline: float | None = None, ec
         save_state(step=result["step"])
         if not bundled:
             _record_training(stage, cfg, folder, state)
-        echo(f"{stage}: stopped at step {result['step']:,} (budget); resumes from {run_dir}")
+        echo(f"{stage}: stopped at step {result['step']:,}; resumes from {run_dir}")
         return "stopped"
     return _finish_stage(stage, cfg, folder, state, result, save_state, echo, entry if bundled else None)
 
