@@ -160,6 +160,10 @@ def test_ppo_settings_reach_a_new_run_and_change_a_resumed_one(tmp_path, monkeyp
     assert run_stage("1-1", cfg, echo=lambda line: None) == "stopped"
     solve_cfg, overrides = calls[-1]
     assert solve_cfg.resume_set == ("sil_coef=0.1", "sil_own=true") and "sil_coef" not in overrides
+    # Self-imitation off on a run saved with it on: its own-episode source goes too (else PPO refuses).
+    (run / "config.json").write_text(json.dumps({"sil_coef": 0.1, "sil_own": True}))
+    assert run_stage("1-1", tiny_campaign(tmp_path, ppo_set=("sil_coef=0",)), echo=lambda line: None) == "stopped"
+    assert calls[-1][0].resume_set == ("sil_coef=0", "sil_own=false")
     for bad in (("seed=3",), ("bogus=1",), ("sil_coef=lots",)):
         with pytest.raises(UserError, match="--ppo-set"):
             tiny_campaign(tmp_path, ppo_set=bad).validate()

@@ -85,6 +85,11 @@ def _changed_settings(items: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
         ((key, value),) = campaign_ppo_settings((item,)).items()
         if saved.get(key, object()) != json_value(value):
             changed.append(item)
+    # Self-imitation turned off (sil_coef=0) takes its own-episode source with it, as in a new run
+    # (solve._ppo_config): a resumed run saved with sil_own=true would otherwise refuse the change.
+    asked = campaign_ppo_settings(items)
+    if asked.get("sil_coef", saved.get("sil_coef")) == 0 and saved.get("sil_own") and "sil_own" not in asked:
+        changed.append("sil_own=false")
     return tuple(changed)
 
 
