@@ -4,7 +4,7 @@ stage, killed with -9 and resumed, runs in tests/test_campaign.py.)"""
 import pytest
 
 from mario_rl import registry as reg
-from mario_rl.campaign_stage import read_state, related_policy, skip_search, write_state
+from mario_rl.campaign_stage import STOP_REQUESTED, read_state, related_policy, skip_search, write_state
 from mario_rl.errors import UserError
 
 from conftest import tiny_campaign, tiny_policy
@@ -265,3 +265,32 @@ def test_sigterm_stops_the_campaign_as_its_budget_does(tmp_path, monkeypatch):
     state = json.loads((cfg.root / "1-1" / "state.json").read_text())
     assert state["phase"] == "training" and state["step"] == 20
     assert lines[-1] == "campaign: SIGTERM; stopped"
+    assert not STOP_REQUESTED.is_set()  # a later campaign in this process starts unstopped
+
+
+def test_under_the_sigterm_handler_a_forked_emulator_process_still_dies_on_sigterm():
+    """Emulator processes forked while the campaign's handler is set die on SIGTERM as without it, and their
+    signal does not stop the campaign."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from mario_rl.campaign import stop_on_sigterm
+
+    fork = multiprocessing.get_context("fork")
+    running = fork.Event()
+
+    def emulator():
+        running.set()
+        time.sleep(60)
+
+    with stop_on_sigterm():
+        child = fork.Process(target=emulator)
+        child.start()
+        # Python drops a signal that lands before a forked child has finished forking, so wait for it to run
+        assert running.wait(30)
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(30)
+        assert child.exitcode == -signal.SIGTERM
+        assert not STOP_REQUESTED.is_set()

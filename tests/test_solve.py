@@ -210,3 +210,5 @@ def test_a_check_passes_only_when_its_confirmation_passes_too():
     passed, records = run_check(play({500: 19, 520: 18}), 7, 500, confirm=True, echo=lambda _: None, rate=0.95)
     assert not passed and len(records) == 2
     assert run_check(play({500: 20, 520: 19}), 7, 500, confirm=True, echo=lambda _: None, rate=0.95)[0]
+    assert not run_check(play({500: 18}), 7, 500, confirm=False, echo=lambda _: None, rate=0.95)[0]
+    assert run_check(play({500: 19}), 7, 500, confirm=False, echo=lambda _: None, rate=0.95)[0]

@@ -256,7 +256,7 @@ def run_campaign(cfg: CampaignConfig, echo=print) -> dict[str, str]:
     deadline = None if cfg.budget_hours is None else time.time() + 3600 * cfg.budget_hours
     echo(
         f"campaign: {len(queue)} stages ({', '.join(queue)}); state in {cfg.root}; "
-        f"budget {'none' if deadline is None else f'{cfg.budget_hours:g} h'}"
+        f"budget {'none' if deadline is None else f'{cfg.budget_hours:g} h'}; pid {os.getpid()}"
     )
     if cfg.backend == "ray":
         return _run_ray(cfg, queue, deadline, echo)
@@ -282,20 +282,24 @@ def run_campaign(cfg: CampaignConfig, echo=print) -> dict[str, str]:
             outcomes[stage] = run_stage(stage, cfg, deadline, echo)
             if outcomes[stage] == "stopped":
                 break
-        if out_of_time():
+        if out_of_time() and (len(outcomes) < len(queue) or "stopped" in outcomes.values()):
             echo(f"campaign: {'SIGTERM' if STOP_REQUESTED.is_set() else 'budget spent'}; stopped")
     return outcomes
 
 
 @contextmanager
 def stop_on_sigterm() -> Iterator[None]:
-    """While the local campaign runs, SIGTERM (`kill PID`, a scheduler's stop) stops it as its budget does:
-    after the PPO update under way, with a checkpoint and the stage's state written. A second SIGTERM quits at
-    once. The emulator processes forked meanwhile inherit the handler and keep the default (they die), so
-    signal the campaign's own process, not its whole group."""
+    """While the local campaign runs, SIGTERM (`kill PID`, a scheduler's stop) stops its training as its
+    budget does: after the PPO update under way, with a checkpoint and the stage's state written. A search,
+    check or final evaluation under way runs to its end first; a second SIGTERM quits at once. The emulator
+    processes forked meanwhile inherit the handler and keep the default (they die), so signal the campaign's
+    own process, not its whole group."""
     STOP_REQUESTED.clear()
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
+        try:
+            yield
+        finally:
+            STOP_REQUESTED.clear()
         return
     main_pid = os.getpid()
 
@@ -312,7 +316,9 @@ def stop_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler set outside Python, which cannot be restored; the default is the nearest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        STOP_REQUESTED.clear()  # a later campaign in this process starts unstopped
 
 
 def _ray_stage(stage: str, cfg_dict: dict, deadline: float | None) -> tuple[str, str]:
