@@ -79,3 +79,22 @@ def test_report_cli_prints_a_table_json_and_one_line_errors(tmp_path):
     write_csv(tmp_path / "empty" / "episodes.csv", [])
     assert_one_line_error(run_cli("report", tmp_path / "empty"), "no episodes yet")
     assert_one_line_error(run_cli("report", tmp_path, "--block", "0"), "--block")
+
+
+def test_report_replays_where_the_backward_window_began_after_each_block(tmp_path):
+    """With the run's config.json and demo.json beside episodes.csv, each block says where the backward
+    curriculum's window began at its end, replayed as PPO recorded the episodes."""
+    (tmp_path / "config.json").write_text(
+        json.dumps({"demo_order": "backward", "demo_back": 1, "demo_success": 0.2, "demo_stall": 0})
+    )
+    (tmp_path / "demo.json").write_text(json.dumps({"frames": [0] * 65}))  # start states at frames 0..64
+    # The window starts at the last start state (frame 64); 16 clears from there (>= 80%) move it back by
+    # twice demo_back, to frame 32: 9 of them in the first block (steps 10-90), 7 in the second.
+    rows = [{"step": 10 * (i + 1), "x": 3000, "flag": 1, "start": 64} for i in range(16)]
+    rows.append({"step": 200, "x": 500, "flag": 0, "start": 0})  # a reset, outside the window: no move
+    write_csv(tmp_path / "episodes.csv", rows)
+    r = run_report(tmp_path, block=100)
+    assert [b["window"] for b in r["blocks"]] == [64, 32, 32]
+    assert r["total"]["window"] is None
+    (tmp_path / "config.json").write_text(json.dumps({"demo_order": "uniform"}))
+    assert [b["window"] for b in run_report(tmp_path, block=100)["blocks"]] == [None, None, None]

@@ -8,12 +8,15 @@ run is to a pass. This table keeps them apart: per block, the share of each kind
 clear rate of episodes from a real reset (the number `solve` waits for), and where the
 failed ones got to, grouped into `bin`-pixel bins; then, over all the blocks, how often
 episodes started along the demonstration reach the flag, by start frame (`frames` per
-bin): which stretches of it the agent has learned. Training episodes sample at
-temperature 1; a protocol evaluation (`mario-rl eval`) is still the measure of a policy.
+bin): which stretches of it the agent has learned. For a run with backward starts, each block
+also says where the curriculum's window began at its end (replayed from the episodes, see
+`_windows`). Training episodes sample at temperature 1; a protocol evaluation (`mario-rl eval`)
+is still the measure of a policy.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -52,6 +55,7 @@ def run_report(
     if "flag" not in data or np.isnan(data["step"]).any() or np.isnan(data["x"]).any():
         raise UserError(f"{path} is not a run's episodes.csv (it needs step, x and flag in every row)")
     has_start = "start" in data
+    windows = _windows(path.parent, data) if has_start else None
     blocks: dict[int, dict] = {}
     from_demo: dict[int, list[int]] = {}  # start-frame bin: [episodes, clears]
     for i, step in enumerate(data["step"]):
@@ -61,6 +65,8 @@ def run_report(
         b = blocks.setdefault(int(step) // block, _tally())
         b["episodes"] += 1
         b["starts"][kind] += 1
+        if windows is not None:
+            b["window"] = windows[i]  # the last episode's: where the window was at the block's end
         if kind == "demo":
             d = from_demo.setdefault(int(data["start"][i]) // frames * frames, [0, 0])
             d[0] += 1
@@ -94,6 +100,35 @@ def run_report(
     }
 
 
+def _windows(folder: Path, data: dict) -> list[int] | None:
+    """The backward curriculum's earliest start frame after each episode (0: real resets only), replayed
+    from the episodes as PPO records them; None for runs without backward starts or without the run's
+    config.json and demo.json beside episodes.csv. Settings changed on a resume (--resume-set) are replayed
+    with their latest values throughout, so before such a change the column may differ from the run's log."""
+    from mario_rl.curriculum import BackwardCurriculum
+    from mario_rl.demonstration import demo_starts
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        frames = len(json.loads((folder / "demo.json").read_text())["frames"])
+        if cfg.get("demo_order") != "backward":
+            return None
+        curriculum = BackwardCurriculum(
+            demo_starts(frames),
+            back=int(cfg["demo_back"]),
+            success=float(cfg["demo_success"]),
+            stall=int(cfg.get("demo_stall", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a run folder with a demonstration: the table without the column
+    out = []
+    for start, flag in zip(data["start"], data["flag"]):
+        if start == start:  # NaN: rows from before starts were recorded
+            curriculum.record(int(start), flag > 0)
+        out.append(curriculum.start_frame)
+    return out
+
+
 def _tally() -> dict:
     """What a block (or all of them) counts: episodes, their starts, clears from a reset, where failures got to."""
     return {"episodes": 0, "starts": Counter(), "reset_clears": 0, "died_at": Counter()}
@@ -110,6 +145,7 @@ def _row(lo: int, hi: int, b: dict, top: int) -> dict:
         "resets": resets,
         "reset_clears": b["reset_clears"],
         "reset_clear_rate": b["reset_clears"] / resets if resets else None,
+        "window": b.get("window"),
         # Where failures got to, most frequent first, with the share of all failures from a reset.
         "died_at": [(x, n, n / failed) for x, n in b["died_at"].most_common(top)],
     }
@@ -117,11 +153,13 @@ def _row(lo: int, hi: int, b: dict, top: int) -> dict:
 
 def format_report(report: dict) -> str:
     bin_ = report["bin"]
+    with_window = any(r.get("window") is not None for r in report["blocks"])
     lines = [
         f"{report['path']}: episodes per {report['block']:,} agent steps; clears and deaths count "
         f"episodes from a real reset (training: temperature 1)",
         f"{'steps from':>12} {'episodes':>8} {'reset/demo/retry':>17} {'clears':>9} {'rate':>5}  "
-        f"failures got to x (bins of {bin_})",
+        + ("window  " if with_window else "")
+        + f"failures got to x (bins of {bin_})",
     ]
 
     def line(r: dict, label: str) -> str:
@@ -129,7 +167,14 @@ def format_report(report: dict) -> str:
         kinds = f"{s.get('reset', 0)}/{s.get('demo', 0)}/{s.get('retry', 0)}"
         rate = "-" if r["reset_clear_rate"] is None else f"{r['reset_clear_rate']:.2f}"
         died = ", ".join(f"{x}-{x + bin_ - 1} {share:.0%}" for x, _, share in r["died_at"])
-        return f"{label:>12} {r['episodes']:>8} {kinds:>17} {r['reset_clears']:>4}/{r['resets']:<4} {rate:>5}  {died}"
+        window = ""
+        if with_window:  # the frame the backward window began at after the block ("-" for the total)
+            window = "-" if r.get("window") is None else f"{r['window']:,}"
+            window = f"{window:>6}  "
+        return (
+            f"{label:>12} {r['episodes']:>8} {kinds:>17} {r['reset_clears']:>4}/{r['resets']:<4} {rate:>5}  "
+            f"{window}{died}"
+        )
 
     lines += [line(r, f"{r['from']:,}") for r in report["blocks"]]
     if report["total"] is not None:
