@@ -74,3 +74,25 @@ def test_backward_curriculum_moves_forward_again_after_a_stall():
     assert not any(c.record(29 * DEMO_STRIDE, cleared=False) for _ in range(12)) and c.lo == 29
     c = BackwardCurriculum(starts=30, span=4, back=8, success=0.5, min_episodes=4, lo=13)
     assert not any(c.record(13 * DEMO_STRIDE, cleared=False) for _ in range(100)) and c.lo == 13
+
+
+def test_a_resumed_curriculum_moves_as_the_unbroken_one_does():
+    """The checkpoint keeps the latest outcomes: a resume in the middle of a window's 16 episodes moves it
+    at the same episode as a run that never stopped (and `mario-rl report` replays it the same way)."""
+    import json
+
+    frame = (demo_starts(100) - 1) * DEMO_STRIDE  # the first window's start state
+    unbroken = BackwardCurriculum(demo_starts(100), back=1, success=0.2)
+    first = BackwardCurriculum(demo_starts(100), back=1, success=0.2)
+    outcomes = [i % 4 == 0 for i in range(20)]  # 3 clears in the first 10, 2 in the next 10: 25%
+    moved = [unbroken.record(frame, c) for c in outcomes]
+    for c in outcomes[:10]:
+        first.record(frame, c)
+    resumed = BackwardCurriculum(demo_starts(100), back=1, success=0.2)
+    resumed.load(json.loads(json.dumps(first.state())))  # as a checkpoint's JSON
+    assert [resumed.record(frame, c) for c in outcomes[10:]] == moved[10:] and any(moved[10:])
+    assert resumed.state() == unbroken.state()
+    old = {k: v for k, v in first.state().items() if k != "latest"}  # a checkpoint from before: starts again
+    again = BackwardCurriculum(demo_starts(100), back=1, success=0.2)
+    again.load(old)
+    assert not any(again.record(frame, c) for c in outcomes[10:15])

@@ -85,6 +85,27 @@ class BackwardCurriculum:
         self._move(max(0, self.lo - back))
         return True
 
+    def state(self) -> dict:
+        """Its place, for checkpoints: JSON values."""
+        # The latest outcomes too: without them a resumed window waits for min_episodes new ones before it can
+        # move, and `mario-rl report`'s replay of episodes.csv would part from the run at every resume.
+        latest = [bool(x) for x in self._latest]
+        return {
+            "lo": self.lo,
+            "done": self.done,
+            "since": self.since,
+            "cleared_since": self.cleared_since,
+            "latest": latest,
+        }
+
+    def load(self, state: dict) -> None:
+        """Go on from state(); checkpoints from before --demo-stall have no count and those from before
+        2026-12-07 no latest outcomes: those start again at the resume."""
+        self.lo, self.done = state["lo"], state["done"]
+        self.since, self.cleared_since = state.get("since", 0), state.get("cleared_since", False)
+        self._latest.clear()
+        self._latest.extend(bool(x) for x in state.get("latest", ()))
+
     def _move(self, lo: int) -> None:
         self.lo, self.since, self.cleared_since = lo, 0, False
         self._latest.clear()

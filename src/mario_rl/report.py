@@ -100,11 +100,14 @@ def run_report(
     }
 
 
-def _windows(folder: Path, data: dict) -> list[int] | None:
-    """The backward curriculum's earliest start frame after each episode (0: real resets only), replayed
-    from the episodes as PPO records them; None for runs without backward starts or without the run's
-    config.json and demo.json beside episodes.csv. Settings changed on a resume (--resume-set) are replayed
-    with their latest values throughout, so before such a change the column may differ from the run's log."""
+def _windows(folder: Path, data: dict) -> list[int | str] | None:
+    """The backward curriculum's earliest start frame after each episode ("reset" once it is done: real
+    resets only), replayed from the episodes as PPO recorded them (episodes.csv holds what it passed to the
+    curriculum, in order); None for runs without backward starts or without the run's config.json and
+    demo.json beside episodes.csv. It is a replay with today's rules and the run's latest settings, so it can
+    part from what the run did: before a setting changed on a resume (`--resume-set`, a new --demo-order
+    included), in runs older than those rules (the 32-episode rate, --demo-stall), and after resumes from
+    checkpoints written before 2026-12-07 (which dropped the window's latest outcomes)."""
     from mario_rl.curriculum import BackwardCurriculum
     from mario_rl.demonstration import demo_starts
 
@@ -125,7 +128,7 @@ def _windows(folder: Path, data: dict) -> list[int] | None:
     for start, flag in zip(data["start"], data["flag"]):
         if start == start:  # NaN: rows from before starts were recorded
             curriculum.record(int(start), flag > 0)
-        out.append(curriculum.start_frame)
+        out.append("reset" if curriculum.done else curriculum.start_frame)
     return out
 
 
@@ -169,7 +172,8 @@ def format_report(report: dict) -> str:
         died = ", ".join(f"{x}-{x + bin_ - 1} {share:.0%}" for x, _, share in r["died_at"])
         window = ""
         if with_window:  # the frame the backward window began at after the block ("-" for the total)
-            window = "-" if r.get("window") is None else f"{r['window']:,}"
+            w = r.get("window")
+            window = "-" if w is None else w if isinstance(w, str) else f"{w:,}"
             window = f"{window:>6}  "
         return (
             f"{label:>12} {r['episodes']:>8} {kinds:>17} {r['reset_clears']:>4}/{r['resets']:<4} {rate:>5}  "

@@ -194,12 +194,8 @@ class DemoStarts:
 
     def state(self) -> dict | None:
         """The curriculum's place, for checkpoints (None without a curriculum)."""
-        c = self.curriculum
-        return None if c is None else {"lo": c.lo, "done": c.done, "since": c.since, "cleared_since": c.cleared_since}
+        return None if self.curriculum is None else self.curriculum.state()
 
     def load(self, state: dict | None) -> None:
         if self.curriculum is not None and state is not None:
-            c = self.curriculum
-            c.lo, c.done = state["lo"], state["done"]
-            # Checkpoints from before --demo-stall have no count: it starts again at the resume.
-            c.since, c.cleared_since = state.get("since", 0), state.get("cleared_since", False)
+            self.curriculum.load(state)
