@@ -5,7 +5,7 @@ import json
 import pytest
 from test_cli import assert_one_line_error
 
-from mario_rl.report import run_report
+from mario_rl.report import format_report, run_report
 from mario_rl.training import EPISODE_FIELDS
 
 from conftest import run_cli
@@ -96,5 +96,14 @@ def test_report_replays_where_the_backward_window_began_after_each_block(tmp_pat
     r = run_report(tmp_path, block=100)
     assert [b["window"] for b in r["blocks"]] == [64, 32, 32]
     assert r["total"]["window"] is None
+    # From frame 32 the window reaches frame 0 (the reset's state, still a window) after 16 more clears, and
+    # after 16 clears from there the curriculum is done: real resets only.
+    rows += [{"step": 300 + i, "x": 3000, "flag": 1, "start": 32} for i in range(16)]
+    rows += [{"step": 400 + i, "x": 3000, "flag": 1, "start": 0} for i in range(16)]
+    write_csv(tmp_path / "episodes.csv", rows)
+    done = run_report(tmp_path, block=100)
+    assert [b["window"] for b in done["blocks"]] == [64, 32, 32, 0, "reset"]
+    table = format_report(done).splitlines()
+    assert "window" in table[1] and " reset " in table[6] and table[7].split()[5] == "-"  # the total's
     (tmp_path / "config.json").write_text(json.dumps({"demo_order": "uniform"}))
-    assert [b["window"] for b in run_report(tmp_path, block=100)["blocks"]] == [None, None, None]
+    assert [b["window"] for b in run_report(tmp_path, block=100)["blocks"]] == [None] * 5
