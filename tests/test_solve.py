@@ -37,6 +37,7 @@ def fakes(tmp_path, monkeypatch):
 
     def evaluate(policy, stage, episodes=20, sticky=0.25, noop_max=30, seed=0, video=None):
         seen["evaluated"].append((seed, episodes, policy.temperature, video is not None))
+        seen.setdefault("sticky", []).append(sticky)
         clears = seen["clears"].get(seed, episodes)
         return {"episodes": episodes, "clears": clears, "cleared_stage": clears / episodes >= 0.9, "seeds": [seed]}
 
@@ -103,6 +104,22 @@ def test_stop_ends_training_without_a_final_evaluation(fakes):
     assert [c["seed"] for c in result["checks"]] == [101_000]  # the check at step 100 happened before the stop
     assert result["timings"]["stopped_at_step"] == 200 and "total_s" not in result["timings"]
     assert not (out / "eval.json").exists() and not (out / "policy.safetensors").exists()
+
+
+def test_train_sticky_changes_training_only(fakes):
+    seen, out = fakes
+    seen["script"] = [status(200)]
+    seen["clears"] = {}
+    result = solve(SolveConfig("1-1", out=out, train_sticky=0.35, eval_video=False), echo=lambda line: None)
+    assert seen["ppo"].sticky == 0.35  # the run trains under the harder perturbation ...
+    assert seen["sticky"] == [0.25, 0.25, 0.25]  # ... its check, confirmation and final evaluation do not
+    assert result["passed"] is True  # a protocol pass: the evaluation's sticky is the protocol's
+
+
+def test_train_sticky_out_of_range_is_a_user_error(tmp_path):
+    r = run_cli("solve", "1-1", "--out", tmp_path / "s", "--train-sticky", "1.5")
+    assert r.returncode == 2 and "--train-sticky must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ class SolveConfig:
     """buttons for both the search and the policy"""
     sticky: float = 0.25
     """frame-level sticky actions while training and evaluating (docs/protocol.md: 0.25)"""
+    train_sticky: float | None = None
+    """frame-level sticky actions while training only (None: --sticky); above the protocol's 0.25 it trains
+    on harder perturbations than the checks and the final evaluation play (docs/experiments.md, issue 26)"""
     noop_max: int = 30
     """no-op frames at reset while training and evaluating (docs/protocol.md: 30)"""
     seed: int = 0
@@ -148,6 +151,8 @@ def _validate(cfg: SolveConfig) -> None:
     env_id(cfg.stage)
     if cfg.eval_episodes < 1 or cfg.explore_minutes <= 0 or not cfg.temperature > 0:
         raise UserError("--eval-episodes, --explore-minutes and --temperature must be positive")
+    if cfg.train_sticky is not None and not 0 <= cfg.train_sticky < 1:
+        raise UserError(f"--train-sticky must be in [0, 1), got {cfg.train_sticky:g}")
     if cfg.minutes is not None and not cfg.minutes > 0:
         raise UserError(f"--minutes must be positive, got {cfg.minutes:g}")
     if not 0 <= cfg.check_from <= 20 or cfg.check_every < 0:
@@ -166,6 +171,8 @@ def _ppo_config(cfg: SolveConfig, demo_path: Path, run_dir: Path, resuming: bool
     own = {k: getattr(cfg, k) for k in ("stage", "actions", "envs", "steps", "sticky", "noop_max", "seed")}
     own |= {k: getattr(cfg, k) for k in ("demo_order", "demo_retry", "demo_stall", "bc_epochs", "checkpoint_every")}
     own |= {"demo": demo_path, "run_dir": run_dir, "resume": resuming, "resume_set": cfg.resume_set}
+    if cfg.train_sticky is not None:
+        own["sticky"] = cfg.train_sticky
     # Settings with a flag of solve's own are not --ppo-set's (nor is algo: solve trains PPO).
     mine = (*own, "algo", "device", "gamma", "reward_scale", "sil_coef", "sil_own")
     further = parse_settings(cfg.ppo_set, PPOConfig, mine, "--ppo-set")
